@@ -1,0 +1,321 @@
+//! The admin interface on the bootstrap's admin address, with Envoy's paths:
+//! `/ready`, `/config_dump`, `/stats`, `/stats/prometheus`, `/clusters`,
+//! `/listeners`, `/healthcheck/fail|ok`, `/logging`, `/quitquitquit`,
+//! `/server_info`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use serde_json::{Value, json};
+
+use crate::body::{self, Body};
+use crate::store::{ConfigStore, Versioned};
+
+/// Changes the log filter at runtime (`/logging?level=debug`).
+pub type LogLevelFn = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+pub struct AdminState {
+    pub store: Arc<ConfigStore>,
+    pub bootstrap: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+    pub ready: AtomicBool,
+    pub healthcheck_failed: AtomicBool,
+    pub shutdown: tokio::sync::Notify,
+    pub set_log_level: Option<LogLevelFn>,
+    pub started: SystemTime,
+}
+
+pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "admin listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body_text: String) -> Response<Body> {
+    let mut r = Response::new(body::full(body_text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    let mut r = Response::new(body::full(serde_json::to_string_pretty(v).unwrap_or_default()));
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let post = req.method() == Method::POST;
+    match path {
+        "/ready" => {
+            if state.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "LIVE\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n".into())
+            }
+        }
+        "/server_info" => json_response(&json!({
+            "version": concat!("trellis/", env!("CARGO_PKG_VERSION")),
+            "state": if state.ready.load(Ordering::Relaxed) { "LIVE" } else { "PRE_INITIALIZING" },
+            "uptime_current_epoch": format!("{}s", state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
+            "node": proto_json(state.bootstrap.node.clone().unwrap_or_default()),
+        })),
+        "/config_dump" => json_response(&config_dump(state)),
+        "/stats" => text(StatusCode::OK, stats_text(state)),
+        "/stats/prometheus" => text(StatusCode::OK, stats_prometheus(state)),
+        "/clusters" => text(StatusCode::OK, clusters_text(state)),
+        "/listeners" => {
+            let mut out = String::new();
+            for (cfg, _) in state.store.listener_manager().active() {
+                let _ = writeln!(out, "{}::{}", cfg.name, cfg.address);
+            }
+            text(StatusCode::OK, out)
+        }
+        "/healthcheck/fail" if post => {
+            state.healthcheck_failed.store(true, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/healthcheck/ok" if post => {
+            state.healthcheck_failed.store(false, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/logging" if post => match (query_param(&req, "level"), &state.set_log_level) {
+            (Some(level), Some(set)) => match set(level) {
+                Ok(()) => text(StatusCode::OK, format!("active loggers:\n  all: {level}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            },
+            _ => text(StatusCode::BAD_REQUEST, "usage: /logging?level=<trace|debug|info|warn|error|off>\n".into()),
+        },
+        "/quitquitquit" if post => {
+            state.shutdown.notify_one();
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/quitquitquit" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n".into())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail\n  /healthcheck/ok\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".into(),
+        ),
+    }
+}
+
+fn proto_json<M: Message + prost::Name>(m: M) -> Value {
+    xds::codec::to_json(&m).unwrap_or(Value::Null)
+}
+
+fn with_type<M: Message + prost::Name>(m: &M) -> Value {
+    let mut v = xds::codec::to_json(m).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("@type".into(), Value::String(M::type_url()));
+    }
+    v
+}
+
+fn timestamp(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // RFC 3339 in UTC without pulling a date crate: days since epoch to civil date.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn entry<M: Message + prost::Name>(key: &str, v: &Versioned<M>, with_version: bool) -> Value {
+    let mut obj = serde_json::Map::new();
+    if with_version {
+        obj.insert("version_info".into(), Value::String(v.version.clone()));
+    }
+    obj.insert(key.into(), with_type(&v.resource));
+    obj.insert("last_updated".into(), Value::String(timestamp(v.updated)));
+    Value::Object(obj)
+}
+
+fn redact_secret(s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    let mut s = s.clone();
+    if let Some(Type::TlsCertificate(tc)) = &mut s.r#type
+        && tc.private_key.is_some()
+    {
+        tc.private_key = Some(DataSource { specifier: Some(Specifier::InlineString("[redacted]".into())), ..Default::default() });
+    }
+    s
+}
+
+fn config_dump(state: &AdminState) -> Value {
+    let dump = state.store.with_state(|s| {
+        let clusters_version = s.clusters.values().map(|v| v.version.clone()).next_back().unwrap_or_default();
+        let listeners_version = s.listeners.values().map(|v| v.version.clone()).next_back().unwrap_or_default();
+        let dynamic_listeners: Vec<Value> = s
+            .listeners
+            .iter()
+            .map(|(name, v)| {
+                let state_key = if s.warming.contains_key(name) { "warming_state" } else { "active_state" };
+                json!({ "name": name, state_key: entry("listener", v, true) })
+            })
+            .collect();
+        let secret_entry = |name: &String, v: &Versioned<_>, dynamic: bool| {
+            let mut obj = json!({ "name": name, "last_updated": timestamp(v.updated), "secret": with_type(&redact_secret(&v.resource)) });
+            if dynamic && let Value::Object(m) = &mut obj {
+                m.insert("version_info".into(), Value::String(v.version.clone()));
+            }
+            obj
+        };
+        json!({
+            "configs": [
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                    "bootstrap": proto_json(state.bootstrap.clone()),
+                    "last_updated": timestamp(state.started),
+                },
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                    "version_info": clusters_version,
+                    "static_clusters": s.static_clusters.values().map(|v| entry("cluster", v, false)).collect::<Vec<_>>(),
+                    "dynamic_active_clusters": s.clusters.values().map(|v| entry("cluster", v, true)).collect::<Vec<_>>(),
+                },
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                    "version_info": listeners_version,
+                    "static_listeners": s.static_listeners.values().map(|v| entry("listener", v, false)).collect::<Vec<_>>(),
+                    "dynamic_listeners": dynamic_listeners,
+                },
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                    "dynamic_route_configs": s.routes.values().map(|v| entry("route_config", v, true)).collect::<Vec<_>>(),
+                },
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+                    "dynamic_endpoint_configs": s.endpoints.values().map(|v| entry("endpoint_config", v, true)).collect::<Vec<_>>(),
+                },
+                {
+                    "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+                    "static_secrets": s.static_secrets.iter().map(|(n, v)| secret_entry(n, v, false)).collect::<Vec<_>>(),
+                    "dynamic_active_secrets": s.secrets.iter().map(|(n, v)| secret_entry(n, v, true)).collect::<Vec<_>>(),
+                },
+            ]
+        })
+    });
+    dump.unwrap_or(Value::Null)
+}
+
+/// Envoy-named counters and gauges, as `(name, value)` pairs.
+fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let snapshot = state.store.snapshot().load_full();
+    let mut clusters: Vec<_> = snapshot.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name().cmp(b.name()));
+    for c in clusters {
+        let s = &c.stats;
+        let n = c.name();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        out.push((format!("cluster.{n}.upstream_rq_total"), load(&s.upstream_rq_total)));
+        out.push((format!("cluster.{n}.upstream_rq_2xx"), load(&s.upstream_rq_2xx)));
+        out.push((format!("cluster.{n}.upstream_rq_4xx"), load(&s.upstream_rq_4xx)));
+        out.push((format!("cluster.{n}.upstream_rq_5xx"), load(&s.upstream_rq_5xx)));
+        out.push((format!("cluster.{n}.upstream_rq_timeout"), load(&s.upstream_rq_timeout)));
+        out.push((format!("cluster.{n}.upstream_cx_connect_fail"), load(&s.upstream_cx_connect_fail)));
+        out.push((format!("cluster.{n}.membership_total"), c.all_hosts.len() as u64));
+        out.push((format!("cluster.{n}.membership_healthy"), c.all_hosts.iter().filter(|h| h.healthy).count() as u64));
+    }
+    for (cfg, stats) in state.store.listener_manager().active() {
+        let n = &cfg.address;
+        out.push((format!("listener.{n}.downstream_cx_total"), stats.downstream_cx_total.load(Ordering::Relaxed)));
+        out.push((format!("listener.{n}.downstream_cx_active"), stats.downstream_cx_active.load(Ordering::Relaxed)));
+    }
+    out.push(("server.live".into(), u64::from(state.ready.load(Ordering::Relaxed))));
+    out.push(("server.uptime".into(), state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)));
+    out
+}
+
+fn stats_text(state: &AdminState) -> String {
+    let mut out = String::new();
+    for (name, value) in stat_values(state) {
+        let _ = writeln!(out, "{name}: {value}");
+    }
+    out
+}
+
+/// Envoy's Prometheus rendering: the cluster or listener becomes a label.
+fn stats_prometheus(state: &AdminState) -> String {
+    let mut out = String::new();
+    for (name, value) in stat_values(state) {
+        let (metric, label) = if let Some(rest) = name.strip_prefix("cluster.") {
+            match rest.rsplit_once('.') {
+                Some((cluster, stat)) => (format!("envoy_cluster_{stat}"), format!("{{envoy_cluster_name=\"{cluster}\"}}")),
+                None => continue,
+            }
+        } else if let Some(rest) = name.strip_prefix("listener.") {
+            match rest.rsplit_once('.') {
+                Some((addr, stat)) => (format!("envoy_listener_{stat}"), format!("{{envoy_listener_address=\"{addr}\"}}")),
+                None => continue,
+            }
+        } else {
+            (format!("envoy_{}", name.replace('.', "_")), String::new())
+        };
+        let _ = writeln!(out, "{metric}{label} {value}");
+    }
+    out
+}
+
+fn clusters_text(state: &AdminState) -> String {
+    let mut out = String::new();
+    let snapshot = state.store.snapshot().load_full();
+    let mut clusters: Vec<_> = snapshot.clusters.values().collect();
+    clusters.sort_by(|a, b| a.name().cmp(b.name()));
+    for c in clusters {
+        let n = c.name();
+        for h in &c.all_hosts {
+            let t = &h.target;
+            let _ = writeln!(out, "{n}::{t}::rq_active::{}", h.active.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{n}::{t}::cx_idle::{}", h.pool.idle_connections());
+            let _ = writeln!(out, "{n}::{t}::weight::{}", h.weight);
+            let _ = writeln!(out, "{n}::{t}::priority::{}", h.priority);
+            let _ = writeln!(out, "{n}::{t}::health_flags::{}", if h.healthy { "healthy" } else { "/failed_eds_health" });
+        }
+    }
+    out
+}

@@ -1,0 +1,96 @@
+//! Wires the proxy together: bootstrap, configuration store, listeners,
+//! admin, the ADS client, and the shutdown sequence.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+
+use crate::admin::{self, AdminState, LogLevelFn};
+use crate::bootstrap;
+use crate::listener::ListenerManager;
+use crate::snapshot::SharedSnapshot;
+use crate::store::ConfigStore;
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub config_path: PathBuf,
+    /// How long listeners drain on update, removal and shutdown.
+    pub drain_time: Duration,
+    pub service_node: Option<String>,
+    pub service_cluster: Option<String>,
+}
+
+pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyhow::Result<()> {
+    let mut bootstrap = bootstrap::load(&opts.config_path)?;
+    {
+        let node = bootstrap.node.get_or_insert_with(Default::default);
+        if let Some(id) = &opts.service_node {
+            node.id = id.clone();
+        }
+        if let Some(cluster) = &opts.service_cluster {
+            node.cluster = cluster.clone();
+        }
+        node.user_agent_name = "trellis".into();
+    }
+    let admin_addr = bootstrap::admin_address(&bootstrap)?;
+    let ads = bootstrap::ads_target(&bootstrap)?;
+
+    let snapshot = SharedSnapshot::default();
+    let manager = ListenerManager::new(Arc::clone(&snapshot), opts.drain_time);
+    let store = Arc::new(ConfigStore::new(snapshot, manager));
+    let statics = bootstrap.static_resources.clone().unwrap_or_default();
+    store
+        .load_static(statics.listeners, statics.clusters, statics.secrets)
+        .map_err(|e| anyhow::anyhow!("invalid static_resources in {}: {e}", opts.config_path.display()))?;
+
+    let state = Arc::new(AdminState {
+        store: Arc::clone(&store),
+        bootstrap: bootstrap.clone(),
+        ready: AtomicBool::new(ads.is_none()),
+        healthcheck_failed: AtomicBool::new(false),
+        shutdown: tokio::sync::Notify::new(),
+        set_log_level,
+        started: SystemTime::now(),
+    });
+    if let Some(addr) = admin_addr {
+        let listener_state = Arc::clone(&state);
+        // Bind errors surface at startup rather than in a background task.
+        let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind admin address {addr}"))?;
+        drop(std_listener);
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(addr, listener_state).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        });
+    }
+    if let Some(target) = ads {
+        crate::ads::start(target, bootstrap.node.clone().unwrap_or_default(), Arc::clone(&store), Arc::clone(&state));
+    }
+    tracing::info!(config = %opts.config_path.display(), "trellis proxy started");
+
+    wait_for_shutdown(&state).await;
+    tracing::info!(drain_time = ?opts.drain_time, "draining listeners");
+    state.ready.store(false, Ordering::Relaxed);
+    store.listener_manager().drain_all(opts.drain_time).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_shutdown(state: &AdminState) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        _ = term => tracing::info!("SIGTERM received"),
+        _ = state.shutdown.notified() => tracing::info!("/quitquitquit received"),
+    }
+}

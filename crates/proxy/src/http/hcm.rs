@@ -1,0 +1,167 @@
+//! `HttpConnectionManager` compiled into the settings the HTTP pipeline reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use route::RouteTable;
+
+use super::filters::HttpFilter;
+use crate::duration::timeout_or;
+use crate::error::{ConfigError, ErrorScope};
+
+pub const TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Where the route table comes from.
+#[derive(Debug, Clone)]
+pub enum RouteSource {
+    Inline(Arc<RouteTable>),
+    /// Looked up by name in the current snapshot on every request, so an RDS
+    /// update applies to connections that are already open.
+    Rds(String),
+}
+
+#[derive(Debug)]
+pub struct HcmConfig {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: RouteSource,
+    pub filters: Vec<HttpFilter>,
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub skip_xff_append: bool,
+    pub via: Option<http::HeaderValue>,
+    pub generate_request_id: bool,
+    pub preserve_external_request_id: bool,
+    pub always_set_request_id_in_response: bool,
+    /// `None` when `server_header_transformation` is PASS_THROUGH.
+    pub server_name: Option<http::HeaderValue>,
+    pub append_server_if_absent: bool,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_request_headers_bytes: usize,
+    pub max_headers_count: usize,
+    pub upgrades: Vec<String>,
+    pub strip_matching_host_port: bool,
+    pub strip_any_host_port: bool,
+    pub suppress_envoy_headers: bool,
+    pub ignore_port_in_host_matching: bool,
+}
+
+impl HcmConfig {
+    pub fn compile(any: &Any, scope: &ErrorScope, field: &str) -> Result<Self, ConfigError> {
+        let hcm = HttpConnectionManager::decode(any.value.as_slice())
+            .map_err(|e| scope.err(field, format!("invalid HttpConnectionManager: {e}")))?;
+        let f = |sub: &str| format!("{field}.{sub}");
+        let codec = match http_connection_manager::CodecType::try_from(hcm.codec_type) {
+            Ok(http_connection_manager::CodecType::Auto) => Codec::Auto,
+            Ok(http_connection_manager::CodecType::Http1) => Codec::Http1,
+            Ok(http_connection_manager::CodecType::Http2) => Codec::Http2,
+            _ => return Err(scope.err(f("codec_type"), "only AUTO, HTTP1 and HTTP2 are supported")),
+        };
+        let routes = match &hcm.route_specifier {
+            Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
+                let table = RouteTable::compile(rc).map_err(|e| scope.err(f("route_config"), e.to_string()))?;
+                RouteSource::Inline(Arc::new(table))
+            }
+            Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+                if rds.route_config_name.is_empty() {
+                    return Err(scope.err(f("rds.route_config_name"), "must not be empty"));
+                }
+                RouteSource::Rds(rds.route_config_name.clone())
+            }
+            Some(http_connection_manager::RouteSpecifier::ScopedRoutes(_)) => {
+                return Err(scope.err(f("scoped_routes"), "scoped routes are not supported"));
+            }
+            None => return Err(scope.err(field, "one of route_config or rds is required")),
+        };
+        let filters = super::filters::compile_chain(&hcm.http_filters, scope, &f("http_filters"))?;
+        let common = hcm.common_http_protocol_options.clone().unwrap_or_default();
+        let server_transform = hcm.server_header_transformation;
+        let server_name = if server_transform
+            == http_connection_manager::ServerHeaderTransformation::PassThrough as i32
+        {
+            None
+        } else {
+            let name = if hcm.server_name.is_empty() { "envoy" } else { hcm.server_name.as_str() };
+            Some(http::HeaderValue::from_str(name).map_err(|_| scope.err(f("server_name"), "not a valid header value"))?)
+        };
+        let via = if hcm.via.is_empty() {
+            None
+        } else {
+            Some(http::HeaderValue::from_str(&hcm.via).map_err(|_| scope.err(f("via"), "not a valid header value"))?)
+        };
+        let max_kb = hcm.max_request_headers_kb.map(|v| v.value).unwrap_or(60);
+        if !(1..=8192).contains(&max_kb) {
+            return Err(scope.err(f("max_request_headers_kb"), "must be between 1 and 8192"));
+        }
+        let mut upgrades = Vec::new();
+        for (i, u) in hcm.upgrade_configs.iter().enumerate() {
+            if !u.filters.is_empty() {
+                return Err(scope.err(f(&format!("upgrade_configs[{i}].filters")), "per-upgrade filter chains are not supported"));
+            }
+            if u.enabled.map(|e| e.value).unwrap_or(true) {
+                upgrades.push(u.upgrade_type.to_ascii_lowercase());
+            }
+        }
+        let strip_any_host_port = matches!(
+            hcm.strip_port_mode,
+            Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
+        );
+        let suppress_envoy_headers = filters.iter().any(|f| matches!(f, HttpFilter::Router(r) if r.suppress_envoy_headers));
+        Ok(Self {
+            stat_prefix: hcm.stat_prefix.clone(),
+            codec,
+            routes,
+            filters,
+            use_remote_address: hcm.use_remote_address.map(|v| v.value).unwrap_or(false),
+            xff_num_trusted_hops: hcm.xff_num_trusted_hops,
+            skip_xff_append: hcm.skip_xff_append,
+            via,
+            generate_request_id: hcm.generate_request_id.map(|v| v.value).unwrap_or(true),
+            preserve_external_request_id: hcm.preserve_external_request_id,
+            always_set_request_id_in_response: hcm.always_set_request_id_in_response,
+            server_name,
+            append_server_if_absent: server_transform
+                == http_connection_manager::ServerHeaderTransformation::AppendIfAbsent as i32,
+            // Envoy's defaults: streams idle out after 5 minutes; no overall request timeout.
+            stream_idle_timeout: timeout_or(hcm.stream_idle_timeout.as_ref(), Some(Duration::from_secs(300))),
+            request_timeout: timeout_or(hcm.request_timeout.as_ref(), None),
+            request_headers_timeout: timeout_or(hcm.request_headers_timeout.as_ref(), None),
+            idle_timeout: timeout_or(common.idle_timeout.as_ref(), Some(Duration::from_secs(3600))),
+            max_request_headers_bytes: max_kb as usize * 1024,
+            max_headers_count: common.max_headers_count.map(|v| v.value as usize).unwrap_or(100),
+            upgrades,
+            strip_matching_host_port: hcm.strip_matching_host_port,
+            strip_any_host_port,
+            suppress_envoy_headers,
+            ignore_port_in_host_matching: false,
+        })
+    }
+
+    /// The RDS name this manager waits for, if any.
+    pub fn rds_name(&self) -> Option<&str> {
+        match &self.routes {
+            RouteSource::Rds(name) => Some(name),
+            RouteSource::Inline(_) => None,
+        }
+    }
+
+    pub fn upgrade_allowed(&self, kind: &str) -> bool {
+        self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(kind))
+    }
+}

@@ -1,0 +1,12 @@
+//! The HTTP connection manager: downstream HTTP/1.1 and HTTP/2, the filter
+//! chain, routing and forwarding to upstream clusters.
+
+pub mod filters;
+pub mod flags;
+pub mod hcm;
+pub mod local_reply;
+mod router;
+pub mod server;
+pub mod service;
+
+pub use hcm::HcmConfig;

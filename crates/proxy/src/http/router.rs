@@ -1,0 +1,350 @@
+//! The router filter: picks the cluster and host, rewrites the request for
+//! the upstream, sends it with the route's timeout, and maps failures to
+//! Envoy's local replies and response flags.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::borrow::Cow;
+
+use route::{Forward, RequestView, RouteTable, Selected, Variable};
+
+use super::flags::Flag;
+use super::local_reply;
+use super::service::{ConnInfo, RequestState};
+use crate::body::{self, Body};
+use crate::cluster::{Cluster, UpstreamError, UpstreamProtocol, Version as UpVersion};
+
+static EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Largest request body buffered to send to mirror clusters as well.
+const MIRROR_BODY_LIMIT: usize = 1 << 20;
+
+pub(super) struct Forwarding<'a> {
+    pub conn: &'a Arc<ConnInfo>,
+    pub selected: &'a Selected<'a>,
+    pub table: &'a RouteTable,
+    pub authority: &'a str,
+    pub forward: &'a Forward,
+    pub scheme: &'a str,
+}
+
+/// Values for `%VARIABLE%` operators in header mutations.
+pub(super) struct Context<'a> {
+    pub conn: &'a ConnInfo,
+    pub upstream_host: Option<String>,
+    pub protocol: &'static str,
+}
+
+impl route::FormatContext for Context<'_> {
+    fn variable(&self, var: &Variable) -> Option<Cow<'_, str>> {
+        Some(match var {
+            Variable::DownstreamRemoteAddress => Cow::Owned(self.conn.remote.to_string()),
+            Variable::DownstreamRemoteAddressWithoutPort => Cow::Owned(self.conn.remote.ip().to_string()),
+            Variable::DownstreamLocalAddress => Cow::Owned(self.conn.local.to_string()),
+            Variable::DownstreamLocalAddressWithoutPort => Cow::Owned(self.conn.local.ip().to_string()),
+            Variable::UpstreamHost => Cow::Owned(self.upstream_host.clone()?),
+            Variable::Protocol => Cow::Borrowed(self.protocol),
+            Variable::Hostname => Cow::Owned(hostname()),
+            _ => return None,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+pub(super) fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response<Body> {
+    let (flag, reason) = match e {
+        UpstreamError::Connect(detail) => (
+            Flag::UpstreamConnectionFailure,
+            format!("remote connection failure, transport failure reason: delayed connect error: {detail}"),
+        ),
+        UpstreamError::ConnectTimeout => (Flag::UpstreamConnectionFailure, "connection timeout".to_string()),
+        UpstreamError::Reset(_) => (Flag::UpstreamConnectionTermination, "connection termination".to_string()),
+    };
+    state.flags.set(flag);
+    let text = format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}");
+    local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, &text, state.grpc)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(&HTTP2_SETTINGS);
+    // TE may only say "trailers" when forwarded (gRPC relies on it).
+    if let Some(te) = headers.get(header::TE)
+        && !te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    {
+        headers.remove(header::TE);
+    } else if headers.contains_key(header::TE) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn upgrade_type(headers: &HeaderMap) -> Option<String> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if !connection_upgrade {
+        return None;
+    }
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase)
+}
+
+fn build_uri(version: UpVersion, scheme: &str, authority: &str, path: &str) -> Result<Uri, String> {
+    match version {
+        UpVersion::Http1 => path.parse().map_err(|e| format!("{e}")),
+        UpVersion::Http2 => format!("{scheme}://{authority}{path}").parse().map_err(|e| format!("{e}")),
+    }
+}
+
+/// Envoy sends mirrored requests with `-shadow` appended to the host name.
+fn shadow_authority(authority: &str) -> String {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => format!("{}-shadow{}", &authority[..i], &authority[i..]),
+        _ => format!("{authority}-shadow"),
+    }
+}
+
+pub(super) async fn forward(
+    ctx: Forwarding<'_>,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    state: &mut RequestState,
+) -> Result<Response<Body>, Response<Body>> {
+    let grpc = state.grpc;
+    let hcm = &ctx.conn.hcm;
+    let choice = ctx.selected.cluster.as_ref();
+    let cluster_name = choice.map(|c| c.name.as_ref()).unwrap_or("");
+    let snapshot = ctx.conn.snapshot.load();
+    let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
+        state.flags.set(Flag::NoClusterFound);
+        state.cluster = Some(cluster_name.to_string());
+        return Err(local_reply::reply(ctx.forward.cluster_not_found_response_code, "", grpc));
+    };
+    drop(snapshot);
+    state.cluster = Some(cluster.name().to_string());
+
+    let upgrade = upgrade_type(&parts.headers);
+    if let Some(kind) = &upgrade
+        && !hcm.upgrade_allowed(kind)
+    {
+        return Err(local_reply::reply(StatusCode::FORBIDDEN, "", grpc));
+    }
+    let connect = parts.method == http::Method::CONNECT;
+    if connect && !hcm.upgrade_allowed("connect") {
+        return Err(local_reply::reply(StatusCode::FORBIDDEN, "", grpc));
+    }
+
+    let Some(host) = cluster.pick().cloned() else {
+        state.flags.set(Flag::NoHealthyUpstream);
+        return Err(local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", grpc));
+    };
+    let host_name = host.target.to_string();
+    state.upstream_host = Some(host_name.clone());
+
+    if connect {
+        return super::server::tunnel_connect(parts, &host, cluster.spec.connect_timeout, state).await;
+    }
+
+    let version = match cluster.spec.protocol {
+        UpstreamProtocol::Fixed(v) => v,
+        UpstreamProtocol::Downstream if parts.version == Version::HTTP_2 => UpVersion::Http2,
+        UpstreamProtocol::Downstream => UpVersion::Http1,
+    };
+    // Upgrades ride on HTTP/1.1 upstream connections.
+    let version = if upgrade.is_some() { UpVersion::Http1 } else { version };
+
+    let original_path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let path = ctx.selected.route.rewritten_path(&original_path).unwrap_or_else(|| original_path.clone());
+    let (authority, mirrors) = {
+        let view = RequestView {
+            authority: ctx.authority,
+            path: &original_path,
+            method: &parts.method,
+            headers: &parts.headers,
+            scheme: ctx.scheme,
+        };
+        let host = ctx
+            .forward
+            .rewritten_host(&view, choice.and_then(|c| c.weighted))
+            .map(Cow::into_owned)
+            .unwrap_or_else(|| ctx.authority.to_string());
+        let mirrors: Vec<String> = ctx.forward.mirrors(&view, rand::random()).map(|(_, name)| name.into_owned()).collect();
+        (host, mirrors)
+    };
+
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers, upgrade.is_some());
+    headers.remove(header::EXPECT);
+    let fmt = Context { conn: ctx.conn, upstream_host: Some(host_name.clone()), protocol: protocol_name(parts.version) };
+    ctx.table.apply_request_headers(ctx.selected, &mut headers, &fmt);
+    let timeout = ctx.forward.timeout;
+    if let Some(t) = timeout
+        && !hcm.suppress_envoy_headers
+    {
+        headers.insert(EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+    }
+    match version {
+        UpVersion::Http1 => {
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        UpVersion::Http2 => {
+            headers.remove(header::HOST);
+        }
+    }
+    let scheme = if ctx.conn.tls { "https" } else { "http" };
+    let uri = match build_uri(version, scheme, &authority, &path) {
+        Ok(u) => u,
+        Err(e) => return Err(local_reply::reply(StatusCode::BAD_REQUEST, &format!("invalid rewritten path: {e}"), grpc)),
+    };
+
+    let downstream_upgrade = if upgrade.is_some() { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    let upstream_body = if mirrors.is_empty() {
+        body::incoming(body)
+    } else {
+        match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT).collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                spawn_mirrors(&mirrors, ctx.conn, parts, &headers, &path, &authority, &bytes);
+                body::full(bytes)
+            }
+            Err(_) => return Err(local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, "", grpc)),
+        }
+    };
+
+    let mut req = Request::new(upstream_body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = match version {
+        UpVersion::Http1 => Version::HTTP_11,
+        UpVersion::Http2 => Version::HTTP_2,
+    };
+    *req.headers_mut() = headers;
+
+    cluster.stats.upstream_rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    host.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sent_at = Instant::now();
+    let send = host.pool.send(req, version, cluster.spec.connect_timeout);
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => {
+                host.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                cluster.stats.upstream_rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.flags.set(Flag::UpstreamRequestTimeout);
+                return Err(local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", grpc));
+            }
+        },
+        None => send.await,
+    };
+    host.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) {
+                cluster.stats.upstream_cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return Err(upstream_error_reply(&e, state));
+        }
+    };
+    cluster.stats.record_status(resp.status().as_u16());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(super::server::bridge_upgrade(down, up));
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    if !hcm.suppress_envoy_headers {
+        resp.headers_mut().insert(UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(sent_at.elapsed().as_millis() as u64));
+    }
+    Ok(resp)
+}
+
+fn spawn_mirrors(
+    clusters: &[String],
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    headers: &HeaderMap,
+    path: &str,
+    authority: &str,
+    body_bytes: &Bytes,
+) {
+    let snapshot = conn.snapshot.load();
+    for name in clusters {
+        let Some(cluster) = snapshot.clusters.get(name).cloned() else { continue };
+        let shadow = shadow_authority(authority);
+        let mut req = Request::new(body::full(body_bytes.clone()));
+        *req.method_mut() = parts.method.clone();
+        let mut h = headers.clone();
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            h.insert(header::HOST, v);
+        }
+        *req.headers_mut() = h;
+        let Ok(uri) = path.parse::<Uri>() else { continue };
+        *req.uri_mut() = uri;
+        tokio::spawn(mirror_one(cluster, req, shadow));
+    }
+}
+
+async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: String) {
+    let Some(host) = cluster.pick().cloned() else { return };
+    let version = match cluster.spec.protocol {
+        UpstreamProtocol::Fixed(v) => v,
+        UpstreamProtocol::Downstream => UpVersion::Http1,
+    };
+    if version == UpVersion::Http2 {
+        let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        if let Ok(uri) = format!("http://{shadow}{path}").parse() {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+    }
+    // Mirrored responses are discarded; failures never reach the client.
+    if let Ok(resp) = host.pool.send(req, version, cluster.spec.connect_timeout).await {
+        let _ = resp.into_body().collect().await;
+    }
+}

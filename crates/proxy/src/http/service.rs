@@ -1,0 +1,359 @@
+//! One HTTP request through the connection manager: header sanitation,
+//! request id and forwarding headers, route selection, the filter chain, and
+//! the response-side header work. Forwarding itself is in `router`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use route::{Action, RequestView, RouteTable};
+
+use super::filters::{HttpFilter, PerRoute, cors, fault, local_ratelimit, unwrap_per_route};
+use super::flags::{Flag, ResponseFlags};
+use super::hcm::{HcmConfig, RouteSource};
+use super::local_reply;
+use super::router;
+use crate::body::{self, Body};
+use crate::snapshot::SharedSnapshot;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+
+/// What every request on one downstream connection shares.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    pub hcm: Arc<HcmConfig>,
+    pub snapshot: SharedSnapshot,
+}
+
+/// Per-request state that outlives routing: flags and timing for logs and
+/// stats.
+#[derive(Debug)]
+pub struct RequestState {
+    pub start: Instant,
+    pub flags: ResponseFlags,
+    pub grpc: bool,
+    pub upstream_host: Option<String>,
+    pub cluster: Option<String>,
+}
+
+pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let mut state = RequestState {
+        start: Instant::now(),
+        flags: ResponseFlags::default(),
+        grpc: local_reply::is_grpc(req.headers()),
+        upstream_host: None,
+        cluster: None,
+    };
+    let hcm = Arc::clone(&conn.hcm);
+    let (mut parts, body) = req.into_parts();
+    let request_id = prepare_request(&conn, &mut parts.headers);
+    let mut resp = match route_and_forward(&conn, &mut parts, body, &mut state).await {
+        Ok(resp) => resp,
+        Err(resp) => resp,
+    };
+    finish_response(&hcm, &mut resp, request_id.as_ref());
+    tracing::debug!(
+        method = %parts.method,
+        path = %parts.uri.path(),
+        status = resp.status().as_u16(),
+        flags = %state.flags,
+        cluster = state.cluster.as_deref().unwrap_or("-"),
+        upstream = state.upstream_host.as_deref().unwrap_or("-"),
+        "request"
+    );
+    resp
+}
+
+/// Request-id and forwarding headers, following Envoy's connection manager.
+fn prepare_request(conn: &ConnInfo, headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let hcm = &conn.hcm;
+    let remote_ip = conn.remote.ip();
+    if hcm.use_remote_address {
+        let internal = is_internal(&remote_ip);
+        if !hcm.skip_xff_append {
+            append_xff(headers, &remote_ip.to_string());
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        if internal {
+            headers.insert(X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        } else {
+            headers.remove(&X_ENVOY_INTERNAL);
+            if let Ok(v) = HeaderValue::from_str(&remote_ip.to_string()) {
+                headers.insert(X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+            if !hcm.preserve_external_request_id {
+                headers.remove(&X_REQUEST_ID);
+            }
+        }
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if hcm.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
+        let id = uuid::Uuid::new_v4();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut buf);
+        if let Ok(v) = HeaderValue::from_str(text) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    if let Some(via) = &hcm.via {
+        append_header(headers, header::VIA, via);
+    }
+    headers.get(&X_REQUEST_ID).cloned()
+}
+
+fn append_xff(headers: &mut HeaderMap, ip: &str) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn append_header(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            HeaderValue::from_str(&format!("{existing},{}", value.to_str().unwrap_or_default())).ok()
+        }
+        _ => Some(value.clone()),
+    };
+    if let Some(v) = joined {
+        headers.insert(name, v);
+    }
+}
+
+/// Envoy's notion of an internal address: RFC 1918, loopback, and ULA.
+fn is_internal(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback())
+        }
+    }
+}
+
+fn finish_response(hcm: &HcmConfig, resp: &mut Response<Body>, request_id: Option<&HeaderValue>) {
+    let h = resp.headers_mut();
+    if let Some(server) = &hcm.server_name {
+        if hcm.append_server_if_absent {
+            h.entry(header::SERVER).or_insert_with(|| server.clone());
+        } else {
+            h.insert(header::SERVER, server.clone());
+        }
+    }
+    if let Some(via) = &hcm.via {
+        append_header(h, header::VIA, via);
+    }
+    if hcm.always_set_request_id_in_response
+        && let Some(id) = request_id
+    {
+        h.insert(X_REQUEST_ID.clone(), id.clone());
+    }
+}
+
+/// The host as routing sees it: `:authority` for HTTP/2 and absolute-form
+/// requests, the Host header otherwise.
+fn authority_of(parts: &http::request::Parts) -> Option<String> {
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.as_str().to_string());
+    }
+    parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn strip_port(host: &str, local_port: u16, any: bool) -> &str {
+    // IPv6 literals keep their brackets; only a trailing :port is removed.
+    if let Some(idx) = host.rfind(':')
+        && !host[idx..].contains(']')
+        && (any || host[idx + 1..].parse::<u16>().ok() == Some(local_port))
+    {
+        return &host[..idx];
+    }
+    host
+}
+
+async fn route_and_forward(
+    conn: &Arc<ConnInfo>,
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    state: &mut RequestState,
+) -> Result<Response<Body>, Response<Body>> {
+    let hcm = &conn.hcm;
+    let grpc = state.grpc;
+    if parts.headers.len() > hcm.max_headers_count {
+        return Err(local_reply::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", grpc));
+    }
+    let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if header_bytes > hcm.max_request_headers_bytes {
+        return Err(local_reply::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", grpc));
+    }
+    let Some(mut authority) = authority_of(parts) else {
+        return Err(local_reply::reply(StatusCode::BAD_REQUEST, "missing required header: :authority", grpc));
+    };
+    if hcm.strip_matching_host_port || hcm.strip_any_host_port {
+        authority = strip_port(&authority, conn.local.port(), hcm.strip_any_host_port).to_string();
+    }
+
+    let table: Arc<RouteTable> = match &hcm.routes {
+        RouteSource::Inline(t) => Arc::clone(t),
+        RouteSource::Rds(name) => match conn.snapshot.load().routes.get(name) {
+            Some(t) => Arc::clone(t),
+            None => {
+                state.flags.set(Flag::NoRouteFound);
+                return Err(local_reply::reply(StatusCode::NOT_FOUND, "", grpc));
+            }
+        },
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let scheme = if conn.tls { "https" } else { "http" };
+    let view = RequestView {
+        authority: &authority,
+        path: &path_and_query,
+        method: &parts.method,
+        headers: &parts.headers,
+        scheme,
+    };
+    let Some(selected) = table.find(&view, rand::random()) else {
+        state.flags.set(Flag::NoRouteFound);
+        return Err(local_reply::reply(StatusCode::NOT_FOUND, "", grpc));
+    };
+
+    // Filters before the router, in chain order.
+    let mut response_decorations: Option<HeaderMap> = None;
+    let forward_cluster: Option<String> = selected.cluster.as_ref().map(|c| c.name.to_string());
+    for filter in &hcm.filters {
+        let per_route = selected
+            .route
+            .typed_per_filter_config
+            .get(filter.name())
+            .or_else(|| selected.virtual_host.typed_per_filter_config.get(filter.name()));
+        let per_route = match per_route.map(unwrap_per_route) {
+            Some(Ok(PerRoute::Disabled)) => continue,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                tracing::warn!(filter = filter.name(), error = %e, "ignoring undecodable per-route filter config");
+                None
+            }
+            None => None,
+        };
+        match filter {
+            HttpFilter::Fault { config, .. } => {
+                let route_cfg = per_route.as_ref().and_then(|p| per_route_any(p)).map(fault::FaultConfig::compile);
+                let decision = match &route_cfg {
+                    Some(Ok(c)) => c.decide(&parts.headers, forward_cluster.as_deref(), (rand::random(), rand::random())),
+                    Some(Err(_)) | None => {
+                        config.decide(&parts.headers, forward_cluster.as_deref(), (rand::random(), rand::random()))
+                    }
+                };
+                if let Some(delay) = decision.delay {
+                    state.flags.set(Flag::DelayInjected);
+                    tokio::time::sleep(delay).await;
+                }
+                match decision.abort {
+                    Some(fault::Abort::Http(code)) => {
+                        state.flags.set(Flag::FaultInjected);
+                        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return Err(local_reply::reply(status, "fault filter abort", grpc));
+                    }
+                    Some(fault::Abort::Grpc(code)) => {
+                        state.flags.set(Flag::FaultInjected);
+                        return Err(local_reply::grpc_reply(code, "fault filter abort"));
+                    }
+                    None => {}
+                }
+            }
+            HttpFilter::Cors { .. } => {
+                let Some(policy_any) = per_route.as_ref().and_then(|p| per_route_any(p)) else { continue };
+                let Ok(policy) = cors::Cors::compile(policy_any) else { continue };
+                match policy.evaluate(&parts.method, &parts.headers) {
+                    cors::CorsAction::Pass => {}
+                    cors::CorsAction::Preflight(h) => {
+                        let mut resp = local_reply::reply(StatusCode::OK, "", false);
+                        resp.headers_mut().extend(h);
+                        return Err(resp);
+                    }
+                    cors::CorsAction::Decorate(h) => response_decorations = Some(h),
+                }
+            }
+            HttpFilter::LocalRateLimit { config, .. } => {
+                if per_route.is_some() {
+                    // Per-route buckets need state kept with the route table; not yet.
+                    tracing::debug!("per-route local rate limit not applied");
+                }
+                if config.check((rand::random(), rand::random())) == local_ratelimit::Verdict::Limit {
+                    state.flags.set(Flag::RateLimited);
+                    let mut resp = local_reply::reply(config.status, "local_rate_limited", grpc);
+                    for (k, v) in &config.response_headers {
+                        resp.headers_mut().append(k.clone(), v.clone());
+                    }
+                    return Err(resp);
+                }
+            }
+            HttpFilter::Router(_) => {}
+        }
+    }
+
+    let mut resp = match &selected.route.action {
+        Action::Direct { status, body: direct_body } => {
+            let mut resp = match direct_body {
+                Some(b) => {
+                    let mut r = Response::new(body::full(b.clone()));
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r
+                }
+                None => Response::new(body::empty()),
+            };
+            *resp.status_mut() = *status;
+            resp
+        }
+        Action::Redirect(redirect) => {
+            let (status, location) = redirect.location(&view);
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        Action::Forward(forward) => {
+            let ctx = router::Forwarding { conn, selected: &selected, table: &table, authority: &authority, forward, scheme };
+            match router::forward(ctx, parts, body, state).await {
+                Ok(r) | Err(r) => r,
+            }
+        }
+        Action::NonForwarding => {
+            state.flags.set(Flag::NoRouteFound);
+            local_reply::reply(StatusCode::NOT_FOUND, "", grpc)
+        }
+    };
+    if let Some(h) = response_decorations {
+        resp.headers_mut().extend(h);
+    }
+    let fmt = router::Context {
+        conn,
+        upstream_host: state.upstream_host.clone(),
+        protocol: router::protocol_name(parts.version),
+    };
+    table.apply_response_headers(&selected, resp.headers_mut(), &fmt);
+    Ok(resp)
+}
+
+fn per_route_any<'a>(p: &'a PerRoute<'_>) -> Option<&'a envoy_types::pb::google::protobuf::Any> {
+    match p {
+        PerRoute::Config(a) => Some(a),
+        PerRoute::Borrowed(a) => Some(a),
+        PerRoute::Disabled => None,
+    }
+}

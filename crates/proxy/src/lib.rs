@@ -1,0 +1,27 @@
+//! The Trellis data plane: a proxy driven by Envoy xDS v3.
+//!
+//! Data flows `listener` (bind, accept, inspect, pick a filter chain) →
+//! `http` (connection manager, filters, router) or `tcp_proxy` → `cluster`
+//! (hosts, balancing, connection pools). Configuration flows the other way:
+//! the bootstrap and the ADS client (`ads`) feed the `store`, which compiles
+//! resources and publishes an immutable `snapshot` that requests read.
+
+pub mod addr;
+pub mod admin;
+mod ads;
+pub mod app;
+pub mod body;
+pub mod bootstrap;
+pub mod cluster;
+pub mod drain;
+mod duration;
+pub mod error;
+pub mod http;
+pub mod listener;
+pub mod matcher;
+pub mod snapshot;
+pub mod store;
+pub mod tcp_proxy;
+pub mod tls;
+
+pub use app::{ProxyOptions, run};

@@ -1,0 +1,158 @@
+//! `envoy.filters.network.tcp_proxy`: forwards a downstream connection's
+//! bytes to a host of a cluster, closing both sides after the idle timeout.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy as Proto, tcp_proxy};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::addr::Target;
+use crate::duration::timeout_or;
+use crate::error::{ConfigError, ErrorScope};
+use crate::snapshot::SharedSnapshot;
+
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+#[derive(Debug)]
+enum Clusters {
+    One(String),
+    Weighted { clusters: Vec<(String, u64)>, total: u64 },
+}
+
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    clusters: Clusters,
+    idle_timeout: Option<Duration>,
+    max_connect_attempts: u32,
+}
+
+impl TcpProxy {
+    pub fn compile(any: &Any, scope: &ErrorScope, field: &str) -> Result<Self, ConfigError> {
+        let p = Proto::decode(any.value.as_slice()).map_err(|e| scope.err(field, format!("invalid TcpProxy: {e}")))?;
+        if p.tunneling_config.is_some() {
+            return Err(scope.err(format!("{field}.tunneling_config"), "tunneling is not supported yet"));
+        }
+        let clusters = match p.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => Clusters::One(c),
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                let clusters: Vec<(String, u64)> = w.clusters.into_iter().map(|c| (c.name, u64::from(c.weight))).collect();
+                let total = clusters.iter().map(|c| c.1).sum();
+                if total == 0 {
+                    return Err(scope.err(format!("{field}.weighted_clusters"), "total weight must be positive"));
+                }
+                Clusters::Weighted { clusters, total }
+            }
+            _ => return Err(scope.err(format!("{field}.cluster"), "a cluster or weighted_clusters is required")),
+        };
+        Ok(Self {
+            stat_prefix: p.stat_prefix,
+            clusters,
+            // Envoy closes idle TCP proxy connections after one hour by default.
+            idle_timeout: timeout_or(p.idle_timeout.as_ref(), Some(Duration::from_secs(3600))),
+            max_connect_attempts: p.max_connect_attempts.map(|v| v.value.max(1)).unwrap_or(1),
+        })
+    }
+
+    pub fn cluster_names(&self) -> Vec<&str> {
+        match &self.clusters {
+            Clusters::One(c) => vec![c],
+            Clusters::Weighted { clusters, .. } => clusters.iter().map(|c| c.0.as_str()).collect(),
+        }
+    }
+
+    fn pick_cluster(&self) -> &str {
+        match &self.clusters {
+            Clusters::One(c) => c,
+            Clusters::Weighted { clusters, total } => {
+                let mut r = rand::random_range(0..*total);
+                for (name, w) in clusters {
+                    if r < *w {
+                        return name;
+                    }
+                    r -= w;
+                }
+                clusters.last().map(|c| c.0.as_str()).unwrap_or("")
+            }
+        }
+    }
+
+    /// Proxies until either side closes or the connection idles out.
+    /// `original_dst` is used by ORIGINAL_DST clusters.
+    pub async fn serve<IO>(&self, mut downstream: IO, snapshot: &SharedSnapshot, original_dst: Option<std::net::SocketAddr>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = self.pick_cluster();
+        let cluster = snapshot.load().clusters.get(name).cloned();
+        let Some(cluster) = cluster else {
+            tracing::debug!(cluster = name, "tcp_proxy: unknown cluster, closing");
+            return;
+        };
+        let mut upstream = None;
+        for _ in 0..self.max_connect_attempts {
+            let target = if cluster.spec.discovery == crate::cluster::Discovery::OriginalDst {
+                original_dst.map(Target::Ip)
+            } else {
+                cluster.pick().map(|h| h.target.clone())
+            };
+            let Some(target) = target else { break };
+            let connect = async {
+                match &target {
+                    Target::Ip(a) => TcpStream::connect(a).await,
+                    Target::Dns { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+                }
+            };
+            match tokio::time::timeout(cluster.spec.connect_timeout, connect).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    upstream = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => tracing::debug!(%target, error = %e, "tcp_proxy: connect failed"),
+                Err(_) => tracing::debug!(%target, "tcp_proxy: connect timed out"),
+            }
+            cluster.stats.upstream_cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let Some(upstream) = upstream else { return };
+        cluster.stats.upstream_rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = copy_with_idle_timeout(&mut downstream, upstream, self.idle_timeout).await;
+    }
+}
+
+/// Bidirectional copy where any byte in either direction resets the idle timer.
+async fn copy_with_idle_timeout<IO>(down: &mut IO, up: TcpStream, idle: Option<Duration>) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(idle) = idle else {
+        let mut up = up;
+        tokio::io::copy_bidirectional(down, &mut up).await?;
+        return Ok(());
+    };
+    let (mut down_r, mut down_w) = tokio::io::split(down);
+    let (mut up_r, mut up_w) = up.into_split();
+    let mut buf_a = vec![0u8; 16 * 1024];
+    let mut buf_b = vec![0u8; 16 * 1024];
+    let (mut down_open, mut up_open) = (true, true);
+    while down_open || up_open {
+        tokio::select! {
+            r = down_r.read(&mut buf_a), if down_open => match r? {
+                0 => { down_open = false; let _ = up_w.shutdown().await; }
+                n => up_w.write_all(&buf_a[..n]).await?,
+            },
+            r = up_r.read(&mut buf_b), if up_open => match r? {
+                0 => { up_open = false; let _ = down_w.shutdown().await; }
+                n => down_w.write_all(&buf_b[..n]).await?,
+            },
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!("tcp_proxy: idle timeout");
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
