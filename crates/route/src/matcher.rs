@@ -264,15 +264,30 @@ impl HeaderMatch {
             None if self.missing_as_empty => b"",
             None => return false,
         };
-        let m = match &self.check {
-            HeaderCheck::Value(sm) => sm.matches(value),
-            HeaderCheck::Range { start, end } => std::str::from_utf8(value)
+        let mut m = self.check.matches(value);
+        // Envoy 1.40 (observed in the differential suite): with a repeated
+        // header, a value check also succeeds when any single value matches,
+        // not only the comma-joined whole.
+        if !m && let HeaderKey::Name(name) = &self.key {
+            let values = req.headers.get_all(name);
+            if values.iter().nth(1).is_some() {
+                m = values.iter().any(|v| self.check.matches(v.as_bytes()));
+            }
+        }
+        m != self.invert
+    }
+}
+
+impl HeaderCheck {
+    fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            Self::Value(sm) => sm.matches(value),
+            Self::Range { start, end } => std::str::from_utf8(value)
                 .ok()
                 .and_then(|s| s.parse::<i64>().ok())
                 .is_some_and(|n| n >= *start && n < *end),
-            HeaderCheck::Present(_) => true,
-        };
-        m != self.invert
+            Self::Present(_) => true,
+        }
     }
 }
 
@@ -620,6 +635,12 @@ mod tests {
         assert!(check(&m, "/", &hdrs(&[("x-h", "a"), ("x-h", "b")])));
         let m = one_header(
             Some(HeaderMatchSpecifier::SuffixMatch("b".into())),
+            false,
+            false,
+        );
+        assert!(check(&m, "/", &hdrs(&[("x-h", "a"), ("x-h", "b")])));
+        let m = one_header(
+            Some(HeaderMatchSpecifier::ExactMatch("a".into())),
             false,
             false,
         );

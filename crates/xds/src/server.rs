@@ -706,16 +706,23 @@ impl StreamHandler for DeltaStream {
             return self.send_diff(&t, true).await;
         };
         if !req.response_nonce.is_empty() && req.response_nonce == watch.sent_nonce {
-            let version = self
+            let current = self
                 .cache
                 .node_status(&self.node_id)
-                .and_then(|s| s.types.get(&t).map(|t| t.sent_version.clone()))
+                .and_then(|s| s.types.get(&t).cloned())
                 .unwrap_or_default();
             if let Some(err) = &req.error_detail {
-                self.cache
-                    .record_nack(&self.node_id, &t, &req.response_nonce, "", &err.message);
+                // Delta NACKs carry no version; the proxy still runs the last ACKed one.
+                self.cache.record_nack(
+                    &self.node_id,
+                    &t,
+                    &req.response_nonce,
+                    &current.acked_version,
+                    &err.message,
+                );
             } else {
-                self.cache.record_ack(&self.node_id, &t, &version);
+                self.cache
+                    .record_ack(&self.node_id, &t, &current.sent_version);
             }
         }
         // Subscription changes are independent of ACKs in delta xDS.

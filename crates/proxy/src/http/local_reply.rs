@@ -34,7 +34,6 @@ pub fn reply(status: StatusCode, text: &str, grpc: bool) -> Response<Body> {
     if !text.is_empty() {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
     resp
 }
 

@@ -21,6 +21,8 @@ use crate::cluster::{Cluster, UpstreamError, UpstreamProtocol, Version as UpVers
 
 static EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
+static ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -73,10 +75,10 @@ pub(super) fn protocol_name(v: Version) -> &'static str {
 
 fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response<Body> {
     let (flag, reason) = match e {
-        UpstreamError::Connect(detail) => (
-            Flag::UpstreamConnectionFailure,
-            format!("remote connection failure, transport failure reason: delayed connect error: {detail}"),
-        ),
+        UpstreamError::Connect(detail) => {
+            tracing::debug!(%detail, "upstream connect failed");
+            (Flag::UpstreamConnectionFailure, "remote connection failure".to_string())
+        }
         UpstreamError::ConnectTimeout => (Flag::UpstreamConnectionFailure, "connection timeout".to_string()),
         UpstreamError::Reset(_) => (Flag::UpstreamConnectionTermination, "connection termination".to_string()),
     };
@@ -166,7 +168,11 @@ pub(super) async fn forward(
     if let Some(kind) = &upgrade
         && !hcm.upgrade_allowed(kind)
     {
-        return Err(local_reply::reply(StatusCode::FORBIDDEN, "", grpc));
+        // Envoy refuses and closes: the client's bytes after the request
+        // would otherwise be read as a new request.
+        let mut resp = local_reply::reply(StatusCode::FORBIDDEN, "", grpc);
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(resp);
     }
     let connect = parts.method == http::Method::CONNECT;
     if connect && !hcm.upgrade_allowed("connect") {
@@ -216,6 +222,16 @@ pub(super) async fn forward(
     headers.remove(header::EXPECT);
     let fmt = Context { conn: ctx.conn, upstream_host: Some(host_name.clone()), protocol: protocol_name(parts.version) };
     ctx.table.apply_request_headers(ctx.selected, &mut headers, &fmt);
+    if path != original_path && !hcm.suppress_envoy_headers
+        && let Ok(v) = HeaderValue::from_str(&original_path)
+    {
+        headers.insert(ORIGINAL_PATH.clone(), v);
+    }
+    if authority != ctx.authority && !hcm.suppress_envoy_headers
+        && let Ok(v) = HeaderValue::from_str(ctx.authority)
+    {
+        headers.insert(ORIGINAL_HOST.clone(), v);
+    }
     let timeout = ctx.forward.timeout;
     if let Some(t) = timeout
         && !hcm.suppress_envoy_headers
@@ -297,7 +313,7 @@ pub(super) async fn forward(
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);
     }
-    if !hcm.suppress_envoy_headers {
+    if !hcm.suppress_envoy_headers && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(sent_at.elapsed().as_millis() as u64));
     }
     Ok(resp)

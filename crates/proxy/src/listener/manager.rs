@@ -168,6 +168,8 @@ impl ListenerManager {
 
     /// Stops accepting everywhere and waits up to `window` for connections to finish.
     pub async fn drain_all(&self, window: Duration) {
+        // The handoff table holds every generation (and its drain watch) too.
+        self.handoff.store(Arc::default());
         let signals: Vec<DrainSignal> = match self.running.lock() {
             Ok(mut running) => running
                 .drain()
@@ -307,6 +309,8 @@ async fn run_terminal<IO>(
             let tcp = Arc::clone(tcp);
             tokio::select! {
                 _ = tcp.serve(io, &snapshot, original) => {}
+                // Raw TCP has no graceful close: on drain the connection is
+                // left to finish until the drain window ends.
                 _ = async { drain.signaled().await; std::future::pending::<()>().await } => {}
             }
         }
