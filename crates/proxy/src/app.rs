@@ -67,7 +67,7 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
         });
     }
     if let Some(target) = ads {
-        crate::ads::start(target, bootstrap.node.clone().unwrap_or_default(), Arc::clone(&store), Arc::clone(&state));
+        crate::ads::start(target, bootstrap.node.clone().unwrap_or_default(), Arc::clone(&store), Arc::clone(&state))?;
     }
     tracing::info!(config = %opts.config_path.display(), "trellis proxy started");
 

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod xds_serve;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -23,6 +25,8 @@ enum Command {
     Proxy(ProxyArgs),
     /// Run the demo workload: an HTTP/gRPC/TCP echo server that can call other services.
     DemoApp(demo::DemoConfig),
+    /// Serve the xDS resources of a YAML file over ADS (testing and debugging).
+    XdsServe(xds_serve::XdsServeArgs),
 }
 
 /// Flags follow Envoy's where they overlap, so Trellis drops in where Envoy runs.
@@ -74,6 +78,10 @@ fn main() -> anyhow::Result<()> {
         Command::DemoApp(cfg) => {
             init_logs("info")?;
             runtime(None)?.block_on(demo::run(cfg))
+        }
+        Command::XdsServe(args) => {
+            init_logs("info")?;
+            runtime(Some(1))?.block_on(xds_serve::run(args))
         }
     }
 }
