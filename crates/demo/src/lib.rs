@@ -21,7 +21,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::{Body, Frame};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -268,7 +270,9 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<RespBody>
 }
 
 async fn handle_inner(req: &mut Request<Incoming>, ctx: &Ctx) -> Response<RespBody> {
-    if let Some(ms) = header_str(req.headers(), "x-demo-delay-ms").and_then(|s| s.trim().parse::<u64>().ok()) {
+    if let Some(ms) =
+        header_str(req.headers(), "x-demo-delay-ms").and_then(|s| s.trim().parse::<u64>().ok())
+    {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
@@ -308,7 +312,8 @@ async fn handle_inner(req: &mut Request<Incoming>, ctx: &Ctx) -> Response<RespBo
             ))
         })
         .collect();
-    let body_size = header_str(req.headers(), "x-demo-body-size").and_then(|s| s.trim().parse::<usize>().ok());
+    let body_size =
+        header_str(req.headers(), "x-demo-body-size").and_then(|s| s.trim().parse::<usize>().ok());
 
     let body = match req.body_mut().collect().await {
         Ok(c) => c.to_bytes(),
@@ -337,8 +342,8 @@ async fn handle_inner(req: &mut Request<Incoming>, ctx: &Ctx) -> Response<RespBo
         calls.push(call(ctx, url, req.headers()).await);
     }
 
-    let host = header_str(req.headers(), "host")
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let host =
+        header_str(req.headers(), "host").or_else(|| req.uri().authority().map(|a| a.to_string()));
     let answer = json!({
         "service": ctx.cfg.service,
         "version": ctx.cfg.version,
@@ -500,8 +505,16 @@ fn base64(data: &[u8]) -> String {
             | u32::from(*c.get(2).unwrap_or(&0));
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -547,7 +560,8 @@ fn grpc_messages(mut buf: &[u8]) -> Vec<Bytes> {
 
 async fn grpc(req: &mut Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
-    let forced = header_str(req.headers(), "x-demo-grpc-status").and_then(|s| s.trim().parse::<u32>().ok());
+    let forced =
+        header_str(req.headers(), "x-demo-grpc-status").and_then(|s| s.trim().parse::<u32>().ok());
     let body = req
         .body_mut()
         .collect()

@@ -47,7 +47,10 @@ async fn http1_echo_and_steering_headers() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 418"), "{resp}");
     let lower = resp.to_ascii_lowercase();
-    assert!(lower.contains("\r\nx-demo-service: ratings/v2\r\n"), "{resp}");
+    assert!(
+        lower.contains("\r\nx-demo-service: ratings/v2\r\n"),
+        "{resp}"
+    );
     assert!(lower.contains("\r\nx-a: 1\r\n"), "{resp}");
     let j = json_body(&resp);
     assert_eq!(j["service"], "ratings");
@@ -58,18 +61,29 @@ async fn http1_echo_and_steering_headers() {
     assert_eq!(j["headers"]["x-multi"], "a,b");
     assert_eq!(j["instance"], addr);
 
-    let resp = raw(&addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"), "{resp}");
+    let resp = raw(
+        &addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("ok"),
+        "{resp}"
+    );
 }
 
 #[tokio::test]
 async fn h2c_and_grpc_trailers() {
     let addr = start("echo", "v1", vec![], None).await;
     let io = TokioIo::new(TcpStream::connect(&addr).await.unwrap());
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
     tokio::spawn(conn);
 
-    let req = http::Request::get(format!("http://{addr}/h2")).body(Full::new(Bytes::new())).unwrap();
+    let req = http::Request::get(format!("http://{addr}/h2"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -85,7 +99,10 @@ async fn h2c_and_grpc_trailers() {
     assert_eq!(resp.headers()["x-demo-service"], "echo/v1");
     let collected = resp.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
-    assert_eq!(collected.to_bytes(), [frame.clone(), frame.clone(), frame.clone()].concat());
+    assert_eq!(
+        collected.to_bytes(),
+        [frame.clone(), frame.clone(), frame.clone()].concat()
+    );
 
     let req = http::Request::post(format!("http://{addr}/trellis.demo.Echo/Echo"))
         .header("content-type", "application/grpc")
@@ -110,7 +127,10 @@ async fn upgrade_echoes_raw_bytes() {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
     s.write_all(b"ping-123").await.unwrap();
     let mut got = [0u8; 8];
     s.read_exact(&mut got).await.unwrap();
@@ -121,7 +141,11 @@ async fn upgrade_echoes_raw_bytes() {
 async fn tcp_line_echo() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = DemoConfig { service: "db".into(), version: "v3".into(), ..DemoConfig::default() };
+    let cfg = DemoConfig {
+        service: "db".into(),
+        version: "v3".into(),
+        ..DemoConfig::default()
+    };
     tokio::spawn(demo::serve_tcp_on(listener, Arc::new(cfg)));
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"one\ntwo\n").await.unwrap();
@@ -134,7 +158,13 @@ async fn tcp_line_echo() {
 #[tokio::test]
 async fn downstream_calls_direct_and_via_proxy() {
     let leaf = start("details", "v1", vec![], None).await;
-    let front = start("productpage", "v1", vec![format!("http://{leaf}/details/0")], None).await;
+    let front = start(
+        "productpage",
+        "v1",
+        vec![format!("http://{leaf}/details/0")],
+        None,
+    )
+    .await;
     let resp = raw(&front, "GET / HTTP/1.1\r\nHost: pp\r\nx-request-id: rid-1\r\nend-user: jason\r\nx-not-forwarded: 1\r\nConnection: close\r\n\r\n").await;
     let j = json_body(&resp);
     let c = &j["calls"][0];
@@ -145,8 +175,18 @@ async fn downstream_calls_direct_and_via_proxy() {
     assert!(c["headers"].get("x-not-forwarded").is_none());
 
     // "--proxy": every call is sent in absolute form to the proxy address, whatever the URL's host.
-    let via = start("reviews", "v1", vec!["http://reviews.invalid:9080/reviews/1".into()], Some(format!("http://{leaf}"))).await;
-    let resp = raw(&via, "GET / HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n").await;
+    let via = start(
+        "reviews",
+        "v1",
+        vec!["http://reviews.invalid:9080/reviews/1".into()],
+        Some(format!("http://{leaf}")),
+    )
+    .await;
+    let resp = raw(
+        &via,
+        "GET / HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let j = json_body(&resp);
     let c = &j["calls"][0];
     assert_eq!(c["service"], "details", "{j}");

@@ -25,7 +25,9 @@ fn socket_address(addr: &Address) -> Result<&SocketAddress, String> {
     match &addr.address {
         Some(address::Address::SocketAddress(sa)) => Ok(sa),
         Some(address::Address::Pipe(_)) => Err("pipe addresses are not supported".into()),
-        Some(address::Address::EnvoyInternalAddress(_)) => Err("internal addresses are not supported".into()),
+        Some(address::Address::EnvoyInternalAddress(_)) => {
+            Err("internal addresses are not supported".into())
+        }
         None => Err("address is required".into()),
     }
 }
@@ -35,7 +37,9 @@ fn port(sa: &SocketAddress) -> Result<u16, String> {
         Some(socket_address::PortSpecifier::PortValue(p)) => {
             u16::try_from(*p).map_err(|_| format!("port {p} is out of range"))
         }
-        Some(socket_address::PortSpecifier::NamedPort(n)) => Err(format!("named port '{n}' is not supported")),
+        Some(socket_address::PortSpecifier::NamedPort(n)) => {
+            Err(format!("named port '{n}' is not supported"))
+        }
         None => Err("port_value is required".into()),
     }
 }
@@ -46,7 +50,10 @@ pub fn listen_addr(addr: &Address) -> Result<SocketAddr, String> {
     if sa.protocol != socket_address::Protocol::Tcp as i32 {
         return Err("only TCP listeners are supported".into());
     }
-    let ip: IpAddr = sa.address.parse().map_err(|_| format!("'{}' is not an IP address", sa.address))?;
+    let ip: IpAddr = sa
+        .address
+        .parse()
+        .map_err(|_| format!("'{}' is not an IP address", sa.address))?;
     Ok(SocketAddr::new(ip, port(sa)?))
 }
 
@@ -56,8 +63,14 @@ pub fn endpoint_target(addr: &Address, allow_dns: bool) -> Result<Target, String
     let port = port(sa)?;
     match sa.address.parse::<IpAddr>() {
         Ok(ip) => Ok(Target::Ip(SocketAddr::new(ip, port))),
-        Err(_) if allow_dns && !sa.address.is_empty() => Ok(Target::Dns { host: sa.address.clone(), port }),
-        Err(_) => Err(format!("'{}' is not an IP address (use a DNS cluster type for names)", sa.address)),
+        Err(_) if allow_dns && !sa.address.is_empty() => Ok(Target::Dns {
+            host: sa.address.clone(),
+            port,
+        }),
+        Err(_) => Err(format!(
+            "'{}' is not an IP address (use a DNS cluster type for names)",
+            sa.address
+        )),
     }
 }
 

@@ -54,13 +54,21 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<
 fn text(status: StatusCode, body_text: String) -> Response<Body> {
     let mut r = Response::new(body::full(body_text));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=UTF-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     r
 }
 
 fn json_response(v: &Value) -> Response<Body> {
-    let mut r = Response::new(body::full(serde_json::to_string_pretty(v).unwrap_or_default()));
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut r = Response::new(body::full(
+        serde_json::to_string_pretty(v).unwrap_or_default(),
+    ));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -141,12 +149,20 @@ fn with_type<M: Message + prost::Name>(m: &M) -> Value {
 }
 
 fn timestamp(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // RFC 3339 in UTC without pulling a date crate: days since epoch to civil date.
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -173,14 +189,19 @@ fn entry<M: Message + prost::Name>(key: &str, v: &Versioned<M>, with_version: bo
     Value::Object(obj)
 }
 
-fn redact_secret(s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
+fn redact_secret(
+    s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret {
     use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
     let mut s = s.clone();
     if let Some(Type::TlsCertificate(tc)) = &mut s.r#type
         && tc.private_key.is_some()
     {
-        tc.private_key = Some(DataSource { specifier: Some(Specifier::InlineString("[redacted]".into())), ..Default::default() });
+        tc.private_key = Some(DataSource {
+            specifier: Some(Specifier::InlineString("[redacted]".into())),
+            ..Default::default()
+        });
     }
     s
 }
@@ -252,22 +273,58 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
         let s = &c.stats;
         let n = c.name();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        out.push((format!("cluster.{n}.upstream_rq_total"), load(&s.upstream_rq_total)));
-        out.push((format!("cluster.{n}.upstream_rq_2xx"), load(&s.upstream_rq_2xx)));
-        out.push((format!("cluster.{n}.upstream_rq_4xx"), load(&s.upstream_rq_4xx)));
-        out.push((format!("cluster.{n}.upstream_rq_5xx"), load(&s.upstream_rq_5xx)));
-        out.push((format!("cluster.{n}.upstream_rq_timeout"), load(&s.upstream_rq_timeout)));
-        out.push((format!("cluster.{n}.upstream_cx_connect_fail"), load(&s.upstream_cx_connect_fail)));
-        out.push((format!("cluster.{n}.membership_total"), c.all_hosts.len() as u64));
-        out.push((format!("cluster.{n}.membership_healthy"), c.all_hosts.iter().filter(|h| h.healthy).count() as u64));
+        out.push((
+            format!("cluster.{n}.upstream_rq_total"),
+            load(&s.upstream_rq_total),
+        ));
+        out.push((
+            format!("cluster.{n}.upstream_rq_2xx"),
+            load(&s.upstream_rq_2xx),
+        ));
+        out.push((
+            format!("cluster.{n}.upstream_rq_4xx"),
+            load(&s.upstream_rq_4xx),
+        ));
+        out.push((
+            format!("cluster.{n}.upstream_rq_5xx"),
+            load(&s.upstream_rq_5xx),
+        ));
+        out.push((
+            format!("cluster.{n}.upstream_rq_timeout"),
+            load(&s.upstream_rq_timeout),
+        ));
+        out.push((
+            format!("cluster.{n}.upstream_cx_connect_fail"),
+            load(&s.upstream_cx_connect_fail),
+        ));
+        out.push((
+            format!("cluster.{n}.membership_total"),
+            c.all_hosts.len() as u64,
+        ));
+        out.push((
+            format!("cluster.{n}.membership_healthy"),
+            c.all_hosts.iter().filter(|h| h.healthy).count() as u64,
+        ));
     }
     for (cfg, stats) in state.store.listener_manager().active() {
         let n = &cfg.address;
-        out.push((format!("listener.{n}.downstream_cx_total"), stats.downstream_cx_total.load(Ordering::Relaxed)));
-        out.push((format!("listener.{n}.downstream_cx_active"), stats.downstream_cx_active.load(Ordering::Relaxed)));
+        out.push((
+            format!("listener.{n}.downstream_cx_total"),
+            stats.downstream_cx_total.load(Ordering::Relaxed),
+        ));
+        out.push((
+            format!("listener.{n}.downstream_cx_active"),
+            stats.downstream_cx_active.load(Ordering::Relaxed),
+        ));
     }
-    out.push(("server.live".into(), u64::from(state.ready.load(Ordering::Relaxed))));
-    out.push(("server.uptime".into(), state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)));
+    out.push((
+        "server.live".into(),
+        u64::from(state.ready.load(Ordering::Relaxed)),
+    ));
+    out.push((
+        "server.uptime".into(),
+        state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+    ));
     out
 }
 
@@ -285,12 +342,18 @@ fn stats_prometheus(state: &AdminState) -> String {
     for (name, value) in stat_values(state) {
         let (metric, label) = if let Some(rest) = name.strip_prefix("cluster.") {
             match rest.rsplit_once('.') {
-                Some((cluster, stat)) => (format!("envoy_cluster_{stat}"), format!("{{envoy_cluster_name=\"{cluster}\"}}")),
+                Some((cluster, stat)) => (
+                    format!("envoy_cluster_{stat}"),
+                    format!("{{envoy_cluster_name=\"{cluster}\"}}"),
+                ),
                 None => continue,
             }
         } else if let Some(rest) = name.strip_prefix("listener.") {
             match rest.rsplit_once('.') {
-                Some((addr, stat)) => (format!("envoy_listener_{stat}"), format!("{{envoy_listener_address=\"{addr}\"}}")),
+                Some((addr, stat)) => (
+                    format!("envoy_listener_{stat}"),
+                    format!("{{envoy_listener_address=\"{addr}\"}}"),
+                ),
                 None => continue,
             }
         } else {
@@ -310,11 +373,23 @@ fn clusters_text(state: &AdminState) -> String {
         let n = c.name();
         for h in &c.all_hosts {
             let t = &h.target;
-            let _ = writeln!(out, "{n}::{t}::rq_active::{}", h.active.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{n}::{t}::rq_active::{}",
+                h.active.load(Ordering::Relaxed)
+            );
             let _ = writeln!(out, "{n}::{t}::cx_idle::{}", h.pool.idle_connections());
             let _ = writeln!(out, "{n}::{t}::weight::{}", h.weight);
             let _ = writeln!(out, "{n}::{t}::priority::{}", h.priority);
-            let _ = writeln!(out, "{n}::{t}::health_flags::{}", if h.healthy { "healthy" } else { "/failed_eds_health" });
+            let _ = writeln!(
+                out,
+                "{n}::{t}::health_flags::{}",
+                if h.healthy {
+                    "healthy"
+                } else {
+                    "/failed_eds_health"
+                }
+            );
         }
     }
     out

@@ -19,24 +19,44 @@ const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 struct StoreSink(Arc<ConfigStore>);
 
 impl ResourceSink for StoreSink {
-    fn apply(&self, type_url: &str, version: &str, resources: &BTreeMap<String, prost_types::Any>) -> Result<(), String> {
+    fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: &BTreeMap<String, prost_types::Any>,
+    ) -> Result<(), String> {
         let mut raw = BTreeMap::new();
         for (name, any) in resources {
             if any.type_url != type_url {
-                return Err(format!("resource '{name}' has type '{}' in a {type_url} response", any.type_url));
+                return Err(format!(
+                    "resource '{name}' has type '{}' in a {type_url} response",
+                    any.type_url
+                ));
             }
             raw.insert(name.clone(), any.value.clone());
         }
         let result = self.0.apply(type_url, version, &raw);
         match &result {
-            Ok(()) => tracing::info!(type_url = xds::type_url::short_name(type_url), version, count = raw.len(), "xDS update applied"),
-            Err(e) => tracing::warn!(type_url = xds::type_url::short_name(type_url), version, error = %e, "xDS update rejected"),
+            Ok(()) => tracing::info!(
+                type_url = xds::type_url::short_name(type_url),
+                version,
+                count = raw.len(),
+                "xDS update applied"
+            ),
+            Err(e) => {
+                tracing::warn!(type_url = xds::type_url::short_name(type_url), version, error = %e, "xDS update rejected")
+            }
         }
         result
     }
 }
 
-pub(crate) fn start(target: AdsTarget, node: Node, store: Arc<ConfigStore>, admin: Arc<AdminState>) -> anyhow::Result<()> {
+pub(crate) fn start(
+    target: AdsTarget,
+    node: Node,
+    store: Arc<ConfigStore>,
+    admin: Arc<AdminState>,
+) -> anyhow::Result<()> {
     let protocol = match target.protocol {
         BootstrapProtocol::StateOfTheWorld => AdsProtocol::StateOfTheWorld,
         BootstrapProtocol::Delta => AdsProtocol::Delta,
@@ -57,7 +77,11 @@ pub(crate) fn start(target: AdsTarget, node: Node, store: Arc<ConfigStore>, admi
             loop {
                 {
                     let s = status.borrow();
-                    let acked = |t: &str| s.types.get(t).is_some_and(|t| !t.acked_version.is_empty() || t.last_update.is_some());
+                    let acked = |t: &str| {
+                        s.types
+                            .get(t)
+                            .is_some_and(|t| !t.acked_version.is_empty() || t.last_update.is_some())
+                    };
                     if acked(CLUSTER) && acked(LISTENER) {
                         return;
                     }
@@ -67,7 +91,10 @@ pub(crate) fn start(target: AdsTarget, node: Node, store: Arc<ConfigStore>, admi
                 }
             }
         };
-        if tokio::time::timeout(INITIAL_FETCH_TIMEOUT, initial).await.is_err() {
+        if tokio::time::timeout(INITIAL_FETCH_TIMEOUT, initial)
+            .await
+            .is_err()
+        {
             tracing::warn!("initial xDS fetch timed out; serving with what arrived");
         }
         admin.ready.store(true, Ordering::Relaxed);

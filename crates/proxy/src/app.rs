@@ -44,7 +44,12 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
     let statics = bootstrap.static_resources.clone().unwrap_or_default();
     store
         .load_static(statics.listeners, statics.clusters, statics.secrets)
-        .map_err(|e| anyhow::anyhow!("invalid static_resources in {}: {e}", opts.config_path.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "invalid static_resources in {}: {e}",
+                opts.config_path.display()
+            )
+        })?;
 
     let state = Arc::new(AdminState {
         store: Arc::clone(&store),
@@ -58,7 +63,8 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
     if let Some(addr) = admin_addr {
         let listener_state = Arc::clone(&state);
         // Bind errors surface at startup rather than in a background task.
-        let std_listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind admin address {addr}"))?;
+        let std_listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot bind admin address {addr}"))?;
         drop(std_listener);
         tokio::spawn(async move {
             if let Err(e) = admin::serve(addr, listener_state).await {
@@ -67,7 +73,12 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
         });
     }
     if let Some(target) = ads {
-        crate::ads::start(target, bootstrap.node.clone().unwrap_or_default(), Arc::clone(&store), Arc::clone(&state))?;
+        crate::ads::start(
+            target,
+            bootstrap.node.clone().unwrap_or_default(),
+            Arc::clone(&store),
+            Arc::clone(&state),
+        )?;
     }
     tracing::info!(config = %opts.config_path.display(), "trellis proxy started");
 

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
-use envoy_types::pb::envoy::config::core::v3::{ApiConfigSource, api_config_source::ApiType, grpc_service};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, api_config_source::ApiType, grpc_service,
+};
 
 use crate::addr;
 
@@ -32,7 +34,10 @@ pub enum BootstrapError {
 }
 
 fn field(field: &str, message: impl Into<String>) -> BootstrapError {
-    BootstrapError::Field { field: field.to_string(), message: message.into() }
+    BootstrapError::Field {
+        field: field.to_string(),
+        message: message.into(),
+    }
 }
 
 pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
@@ -43,7 +48,9 @@ pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
 pub fn admin_address(b: &Bootstrap) -> Result<Option<SocketAddr>, BootstrapError> {
     match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
         None => Ok(None),
-        Some(a) => addr::listen_addr(a).map(Some).map_err(|m| field("admin.address", m)),
+        Some(a) => addr::listen_addr(a)
+            .map(Some)
+            .map_err(|m| field("admin.address", m)),
     }
 }
 
@@ -51,22 +58,34 @@ pub fn admin_address(b: &Bootstrap) -> Result<Option<SocketAddr>, BootstrapError
 /// `ads_config.grpc_services[0].envoy_grpc.cluster_name` names, or a Google
 /// gRPC target URI.
 pub fn ads_target(b: &Bootstrap) -> Result<Option<AdsTarget>, BootstrapError> {
-    let Some(dynamic) = &b.dynamic_resources else { return Ok(None) };
+    let Some(dynamic) = &b.dynamic_resources else {
+        return Ok(None);
+    };
     let Some(ads): Option<&ApiConfigSource> = dynamic.ads_config.as_ref() else {
         if dynamic.lds_config.is_some() || dynamic.cds_config.is_some() {
-            return Err(field("dynamic_resources", "only ADS (ads_config with lds_config/cds_config set to ads: {}) is supported"));
+            return Err(field(
+                "dynamic_resources",
+                "only ADS (ads_config with lds_config/cds_config set to ads: {}) is supported",
+            ));
         }
         return Ok(None);
     };
     let protocol = match ApiType::try_from(ads.api_type) {
         Ok(ApiType::Grpc | ApiType::AggregatedGrpc) => AdsProtocol::StateOfTheWorld,
         Ok(ApiType::DeltaGrpc | ApiType::AggregatedDeltaGrpc) => AdsProtocol::Delta,
-        _ => return Err(field("dynamic_resources.ads_config.api_type", "must be GRPC or DELTA_GRPC")),
+        _ => {
+            return Err(field(
+                "dynamic_resources.ads_config.api_type",
+                "must be GRPC or DELTA_GRPC",
+            ));
+        }
     };
-    let service = ads
-        .grpc_services
-        .first()
-        .ok_or_else(|| field("dynamic_resources.ads_config.grpc_services", "one gRPC service is required"))?;
+    let service = ads.grpc_services.first().ok_or_else(|| {
+        field(
+            "dynamic_resources.ads_config.grpc_services",
+            "one gRPC service is required",
+        )
+    })?;
     let uri = match &service.target_specifier {
         Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) => {
             let cluster = b
@@ -91,16 +110,26 @@ pub fn ads_target(b: &Bootstrap) -> Result<Option<AdsTarget>, BootstrapError> {
                     _ => None,
                 })
                 .ok_or_else(|| field(&format!("static_resources.clusters['{}'].load_assignment", g.cluster_name), "needs one endpoint"))?;
-            let target = addr::endpoint_target(&endpoint, true).map_err(|m| field("xds cluster endpoint", m))?;
+            let target = addr::endpoint_target(&endpoint, true)
+                .map_err(|m| field("xds cluster endpoint", m))?;
             match target {
                 addr::Target::Ip(a) => format!("http://{a}"),
                 addr::Target::Dns { host, port } => format!("http://{host}:{port}"),
             }
         }
         Some(grpc_service::TargetSpecifier::GoogleGrpc(g)) => {
-            if g.target_uri.contains("://") { g.target_uri.clone() } else { format!("http://{}", g.target_uri) }
+            if g.target_uri.contains("://") {
+                g.target_uri.clone()
+            } else {
+                format!("http://{}", g.target_uri)
+            }
         }
-        None => return Err(field("dynamic_resources.ads_config.grpc_services[0]", "envoy_grpc or google_grpc is required")),
+        None => {
+            return Err(field(
+                "dynamic_resources.ads_config.grpc_services[0]",
+                "envoy_grpc or google_grpc is required",
+            ));
+        }
     };
     Ok(Some(AdsTarget { protocol, uri }))
 }

@@ -34,7 +34,9 @@ impl DrainSignal {
     }
 
     pub fn watch(&self) -> DrainWatch {
-        DrainWatch { rx: self.tx.subscribe() }
+        DrainWatch {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 

@@ -26,13 +26,25 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(resource: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { resource: resource.into(), field: field.into(), message: message.into() }
+    pub fn new(
+        resource: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Prefixes the field path, used when a nested compiler reports relative to its own message.
     pub fn within(mut self, prefix: &str) -> Self {
-        self.field = if self.field.is_empty() { prefix.to_string() } else { format!("{prefix}.{}", self.field) };
+        self.field = if self.field.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
         self
     }
 }
@@ -45,7 +57,9 @@ pub struct ErrorScope {
 
 impl ErrorScope {
     pub fn new(kind: &str, name: &str) -> Self {
-        Self { resource: format!("{kind} '{name}'") }
+        Self {
+            resource: format!("{kind} '{name}'"),
+        }
     }
 
     pub fn err(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {

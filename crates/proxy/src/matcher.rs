@@ -14,7 +14,13 @@ pub enum StringMatch {
 impl StringMatch {
     pub fn compile(m: &StringMatcher) -> Result<Self, String> {
         let ic = m.ignore_case;
-        let fold = |s: &str| if ic { s.to_ascii_lowercase() } else { s.to_string() };
+        let fold = |s: &str| {
+            if ic {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
         match &m.match_pattern {
             Some(MatchPattern::Exact(s)) => Ok(Self::Exact(fold(s), ic)),
             Some(MatchPattern::Prefix(s)) => Ok(Self::Prefix(fold(s), ic)),
@@ -30,7 +36,11 @@ impl StringMatch {
 
     pub fn matches(&self, value: &str) -> bool {
         fn cmp(value: &str, ic: bool, f: impl Fn(&str) -> bool) -> bool {
-            if ic { f(&value.to_ascii_lowercase()) } else { f(value) }
+            if ic {
+                f(&value.to_ascii_lowercase())
+            } else {
+                f(value)
+            }
         }
         match self {
             Self::Exact(s, ic) => cmp(value, *ic, |v| v == s),

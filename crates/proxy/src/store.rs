@@ -72,7 +72,11 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 fn versioned<T>(version: &str, resource: T) -> Versioned<T> {
-    Versioned { version: version.to_string(), updated: SystemTime::now(), resource }
+    Versioned {
+        version: version.to_string(),
+        updated: SystemTime::now(),
+        resource,
+    }
 }
 
 fn decode_all<M: Message + Default>(
@@ -81,7 +85,8 @@ fn decode_all<M: Message + Default>(
 ) -> Result<BTreeMap<String, M>, String> {
     let mut out = BTreeMap::new();
     for (name, bytes) in resources {
-        let m = M::decode(bytes.as_slice()).map_err(|e| format!("{kind} '{name}': cannot decode: {e}"))?;
+        let m = M::decode(bytes.as_slice())
+            .map_err(|e| format!("{kind} '{name}': cannot decode: {e}"))?;
         out.insert(name.clone(), m);
     }
     Ok(out)
@@ -89,7 +94,12 @@ fn decode_all<M: Message + Default>(
 
 impl ConfigStore {
     pub fn new(snapshot: SharedSnapshot, listeners: ListenerManager) -> Self {
-        Self { snapshot, listeners, state: Mutex::new(State::default()), interest: OnceLock::new() }
+        Self {
+            snapshot,
+            listeners,
+            state: Mutex::new(State::default()),
+            interest: OnceLock::new(),
+        }
     }
 
     pub fn set_interest_fn(&self, f: InterestFn) {
@@ -110,30 +120,52 @@ impl ConfigStore {
     }
 
     /// Loads the bootstrap's static resources. Errors here are fatal.
-    pub fn load_static(&self, listeners: Vec<Listener>, clusters: Vec<ClusterProto>, secrets: Vec<Secret>) -> Result<(), String> {
+    pub fn load_static(
+        &self,
+        listeners: Vec<Listener>,
+        clusters: Vec<ClusterProto>,
+        secrets: Vec<Secret>,
+    ) -> Result<(), String> {
         let mut state = self.state.lock().map_err(|_| "state poisoned")?;
         for s in secrets {
-            state.static_secrets.insert(s.name.clone(), versioned("", s));
+            state
+                .static_secrets
+                .insert(s.name.clone(), versioned("", s));
         }
         for c in clusters {
             if state.static_clusters.contains_key(&c.name) {
-                return Err(format!("cluster '{}': duplicate name in static_resources", c.name));
+                return Err(format!(
+                    "cluster '{}': duplicate name in static_resources",
+                    c.name
+                ));
             }
             let spec = ClusterSpec::compile(&c).map_err(|e| e.to_string())?;
             state.specs.insert(c.name.clone(), spec);
-            state.static_clusters.insert(c.name.clone(), versioned("", c));
+            state
+                .static_clusters
+                .insert(c.name.clone(), versioned("", c));
         }
         for l in listeners {
             if state.static_listeners.contains_key(&l.name) {
-                return Err(format!("listener '{}': duplicate name in static_resources", l.name));
+                return Err(format!(
+                    "listener '{}': duplicate name in static_resources",
+                    l.name
+                ));
             }
-            state.static_listeners.insert(l.name.clone(), versioned("", l));
+            state
+                .static_listeners
+                .insert(l.name.clone(), versioned("", l));
         }
         self.publish(&mut state)
     }
 
     /// Applies a complete set of one resource type from xDS.
-    pub fn apply(&self, type_url: &str, version: &str, resources: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+    pub fn apply(
+        &self,
+        type_url: &str,
+        version: &str,
+        resources: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), String> {
         let mut state = self.state.lock().map_err(|_| "state poisoned")?;
         match type_url {
             CLUSTER => {
@@ -158,29 +190,53 @@ impl ConfigStore {
                 let statics: BTreeSet<String> = state.static_clusters.keys().cloned().collect();
                 state.specs.retain(|name, _| statics.contains(name));
                 state.specs.extend(specs);
-                state.clusters = protos.into_iter().map(|(n, c)| (n, versioned(version, c))).collect();
-                let eds: BTreeSet<String> = state.specs.values().filter_map(|s| s.eds_name().map(str::to_string)).collect();
+                state.clusters = protos
+                    .into_iter()
+                    .map(|(n, c)| (n, versioned(version, c)))
+                    .collect();
+                let eds: BTreeSet<String> = state
+                    .specs
+                    .values()
+                    .filter_map(|s| s.eds_name().map(str::to_string))
+                    .collect();
                 self.declare_interest(ENDPOINT, eds);
             }
             ENDPOINT => {
-                let protos: BTreeMap<String, ClusterLoadAssignment> = decode_all("cluster_load_assignment", resources)?;
+                let protos: BTreeMap<String, ClusterLoadAssignment> =
+                    decode_all("cluster_load_assignment", resources)?;
                 // Validate against the clusters that use them before accepting.
                 for (name, cla) in &protos {
-                    for spec in state.specs.values().filter(|s| s.eds_name() == Some(name.as_str())) {
-                        spec.instantiate(Some(cla), None).map_err(|e| e.to_string())?;
+                    for spec in state
+                        .specs
+                        .values()
+                        .filter(|s| s.eds_name() == Some(name.as_str()))
+                    {
+                        spec.instantiate(Some(cla), None)
+                            .map_err(|e| e.to_string())?;
                     }
                 }
-                state.endpoints = protos.into_iter().map(|(n, c)| (n, versioned(version, c))).collect();
+                state.endpoints = protos
+                    .into_iter()
+                    .map(|(n, c)| (n, versioned(version, c)))
+                    .collect();
             }
             ROUTE => {
-                let protos: BTreeMap<String, RouteConfiguration> = decode_all("route_configuration", resources)?;
+                let protos: BTreeMap<String, RouteConfiguration> =
+                    decode_all("route_configuration", resources)?;
                 let mut tables = HashMap::new();
                 for (name, rc) in &protos {
-                    let table = RouteTable::compile(rc).map_err(|e| ErrorScope::new("route_configuration", name).err("", e.to_string()).to_string())?;
+                    let table = RouteTable::compile(rc).map_err(|e| {
+                        ErrorScope::new("route_configuration", name)
+                            .err("", e.to_string())
+                            .to_string()
+                    })?;
                     tables.insert(name.clone(), Arc::new(table));
                 }
                 state.tables = tables;
-                state.routes = protos.into_iter().map(|(n, r)| (n, versioned(version, r))).collect();
+                state.routes = protos
+                    .into_iter()
+                    .map(|(n, r)| (n, versioned(version, r)))
+                    .collect();
             }
             LISTENER => {
                 let protos: BTreeMap<String, Listener> = decode_all("listener", resources)?;
@@ -188,7 +244,9 @@ impl ConfigStore {
                 let mut errors = Vec::new();
                 for (name, l) in &protos {
                     if state.static_listeners.contains_key(name) {
-                        errors.push(format!("listener '{name}': conflicts with a static listener"));
+                        errors.push(format!(
+                            "listener '{name}': conflicts with a static listener"
+                        ));
                         continue;
                     }
                     if let Err(e) = ListenerConfig::compile(l, &secrets) {
@@ -198,11 +256,17 @@ impl ConfigStore {
                 if !errors.is_empty() {
                     return Err(errors.join("; "));
                 }
-                state.listeners = protos.into_iter().map(|(n, l)| (n, versioned(version, l))).collect();
+                state.listeners = protos
+                    .into_iter()
+                    .map(|(n, l)| (n, versioned(version, l)))
+                    .collect();
             }
             SECRET => {
                 let protos: BTreeMap<String, Secret> = decode_all("secret", resources)?;
-                state.secrets = protos.into_iter().map(|(n, s)| (n, versioned(version, s))).collect();
+                state.secrets = protos
+                    .into_iter()
+                    .map(|(n, s)| (n, versioned(version, s)))
+                    .collect();
             }
             other => return Err(format!("unsupported resource type '{other}'")),
         }
@@ -220,7 +284,10 @@ impl ConfigStore {
         let previous = self.snapshot.load_full();
         let mut clusters = HashMap::new();
         for (name, spec) in &state.specs {
-            let cla = spec.eds_name().and_then(|n| state.endpoints.get(n)).map(|v| &v.resource);
+            let cla = spec
+                .eds_name()
+                .and_then(|n| state.endpoints.get(n))
+                .map(|v| &v.resource);
             if spec.eds_name().is_some() && cla.is_none() {
                 // Warming: keep serving the previous version until endpoints arrive.
                 if let Some(prev) = previous.clusters.get(name) {
@@ -228,7 +295,9 @@ impl ConfigStore {
                 }
                 continue;
             }
-            let cluster: Cluster = spec.instantiate(cla, previous.clusters.get(name).map(|c| c.as_ref())).map_err(|e| e.to_string())?;
+            let cluster: Cluster = spec
+                .instantiate(cla, previous.clusters.get(name).map(|c| c.as_ref()))
+                .map_err(|e| e.to_string())?;
             clusters.insert(name.clone(), Arc::new(cluster));
         }
         let routes = state.tables.clone();
@@ -250,7 +319,12 @@ impl ConfigStore {
         for (name, proto) in all {
             let deps = ListenerConfig::dependencies(&proto);
             rds.extend(deps.routes.iter().cloned());
-            sds.extend(deps.secrets.iter().filter(|s| !state.static_secrets.contains_key(*s)).cloned());
+            sds.extend(
+                deps.secrets
+                    .iter()
+                    .filter(|s| !state.static_secrets.contains_key(*s))
+                    .cloned(),
+            );
             let missing_route = deps.routes.iter().find(|r| !state.tables.contains_key(*r));
             let fingerprint = fingerprint(&proto, &deps.secrets, &secrets);
             let compiled = match missing_route {

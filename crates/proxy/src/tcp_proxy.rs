@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy as Proto, tcp_proxy};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy as Proto, tcp_proxy,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,12 +16,16 @@ use crate::duration::timeout_or;
 use crate::error::{ConfigError, ErrorScope};
 use crate::snapshot::SharedSnapshot;
 
-pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+pub const TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
 #[derive(Debug)]
 enum Clusters {
     One(String),
-    Weighted { clusters: Vec<(String, u64)>, total: u64 },
+    Weighted {
+        clusters: Vec<(String, u64)>,
+        total: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -32,21 +38,37 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub fn compile(any: &Any, scope: &ErrorScope, field: &str) -> Result<Self, ConfigError> {
-        let p = Proto::decode(any.value.as_slice()).map_err(|e| scope.err(field, format!("invalid TcpProxy: {e}")))?;
+        let p = Proto::decode(any.value.as_slice())
+            .map_err(|e| scope.err(field, format!("invalid TcpProxy: {e}")))?;
         if p.tunneling_config.is_some() {
-            return Err(scope.err(format!("{field}.tunneling_config"), "tunneling is not supported yet"));
+            return Err(scope.err(
+                format!("{field}.tunneling_config"),
+                "tunneling is not supported yet",
+            ));
         }
         let clusters = match p.cluster_specifier {
             Some(tcp_proxy::ClusterSpecifier::Cluster(c)) if !c.is_empty() => Clusters::One(c),
             Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
-                let clusters: Vec<(String, u64)> = w.clusters.into_iter().map(|c| (c.name, u64::from(c.weight))).collect();
+                let clusters: Vec<(String, u64)> = w
+                    .clusters
+                    .into_iter()
+                    .map(|c| (c.name, u64::from(c.weight)))
+                    .collect();
                 let total = clusters.iter().map(|c| c.1).sum();
                 if total == 0 {
-                    return Err(scope.err(format!("{field}.weighted_clusters"), "total weight must be positive"));
+                    return Err(scope.err(
+                        format!("{field}.weighted_clusters"),
+                        "total weight must be positive",
+                    ));
                 }
                 Clusters::Weighted { clusters, total }
             }
-            _ => return Err(scope.err(format!("{field}.cluster"), "a cluster or weighted_clusters is required")),
+            _ => {
+                return Err(scope.err(
+                    format!("{field}.cluster"),
+                    "a cluster or weighted_clusters is required",
+                ));
+            }
         };
         Ok(Self {
             stat_prefix: p.stat_prefix,
@@ -82,8 +104,12 @@ impl TcpProxy {
 
     /// Proxies until either side closes or the connection idles out.
     /// `original_dst` is used by ORIGINAL_DST clusters.
-    pub async fn serve<IO>(&self, mut downstream: IO, snapshot: &SharedSnapshot, original_dst: Option<std::net::SocketAddr>)
-    where
+    pub async fn serve<IO>(
+        &self,
+        mut downstream: IO,
+        snapshot: &SharedSnapshot,
+        original_dst: Option<std::net::SocketAddr>,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let name = self.pick_cluster();
@@ -115,16 +141,26 @@ impl TcpProxy {
                 Ok(Err(e)) => tracing::debug!(%target, error = %e, "tcp_proxy: connect failed"),
                 Err(_) => tracing::debug!(%target, "tcp_proxy: connect timed out"),
             }
-            cluster.stats.upstream_cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cluster
+                .stats
+                .upstream_cx_connect_fail
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(upstream) = upstream else { return };
-        cluster.stats.upstream_rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cluster
+            .stats
+            .upstream_rq_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = copy_with_idle_timeout(&mut downstream, upstream, self.idle_timeout).await;
     }
 }
 
 /// Bidirectional copy where any byte in either direction resets the idle timer.
-async fn copy_with_idle_timeout<IO>(down: &mut IO, up: TcpStream, idle: Option<Duration>) -> std::io::Result<()>
+async fn copy_with_idle_timeout<IO>(
+    down: &mut IO,
+    up: TcpStream,
+    idle: Option<Duration>,
+) -> std::io::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {

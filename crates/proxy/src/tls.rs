@@ -14,8 +14,10 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-pub const DOWNSTREAM_TLS_CONTEXT: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
-pub const RAW_BUFFER: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+pub const DOWNSTREAM_TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub const RAW_BUFFER: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 pub type Secrets = HashMap<String, Secret>;
 
@@ -30,7 +32,10 @@ pub enum TlsError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> TlsError {
-    TlsError::Invalid { field: field.into(), message: message.into() }
+    TlsError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -39,24 +44,40 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn read_source(ds: Option<&DataSource>, field: &str) -> Result<Vec<u8>, TlsError> {
     match ds.and_then(|d| d.specifier.as_ref()) {
-        Some(Specifier::Filename(f)) => std::fs::read(f).map_err(|e| invalid(field, format!("cannot read '{f}': {e}"))),
+        Some(Specifier::Filename(f)) => {
+            std::fs::read(f).map_err(|e| invalid(field, format!("cannot read '{f}': {e}")))
+        }
         Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
         Some(Specifier::InlineString(s)) => Ok(s.as_bytes().to_vec()),
-        Some(Specifier::EnvironmentVariable(v)) => {
-            std::env::var(v).map(String::into_bytes).map_err(|_| invalid(field, format!("environment variable '{v}' is not set")))
-        }
+        Some(Specifier::EnvironmentVariable(v)) => std::env::var(v)
+            .map(String::into_bytes)
+            .map_err(|_| invalid(field, format!("environment variable '{v}' is not set"))),
         None => Err(invalid(field, "a data source is required")),
     }
 }
 
-fn certs_and_key(tc: &TlsCertificate, field: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let chain = read_source(tc.certificate_chain.as_ref(), &format!("{field}.certificate_chain"))?;
+fn certs_and_key(
+    tc: &TlsCertificate,
+    field: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = read_source(
+        tc.certificate_chain.as_ref(),
+        &format!("{field}.certificate_chain"),
+    )?;
     let key = read_source(tc.private_key.as_ref(), &format!("{field}.private_key"))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut chain.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid(format!("{field}.certificate_chain"), format!("invalid PEM: {e}")))?;
+        .map_err(|e| {
+            invalid(
+                format!("{field}.certificate_chain"),
+                format!("invalid PEM: {e}"),
+            )
+        })?;
     if certs.is_empty() {
-        return Err(invalid(format!("{field}.certificate_chain"), "no certificate found"));
+        return Err(invalid(
+            format!("{field}.certificate_chain"),
+            "no certificate found",
+        ));
     }
     let key = rustls_pemfile::private_key(&mut key.as_slice())
         .map_err(|e| invalid(format!("{field}.private_key"), format!("invalid PEM: {e}")))?
@@ -64,40 +85,67 @@ fn certs_and_key(tc: &TlsCertificate, field: &str) -> Result<(Vec<CertificateDer
     Ok((certs, key))
 }
 
-fn tls_certificate(common: &CommonTlsContext, secrets: &Secrets) -> Result<TlsCertificate, TlsError> {
+fn tls_certificate(
+    common: &CommonTlsContext,
+    secrets: &Secrets,
+) -> Result<TlsCertificate, TlsError> {
     if let Some(tc) = common.tls_certificates.first() {
         return Ok(tc.clone());
     }
     if let Some(sds) = common.tls_certificate_sds_secret_configs.first() {
         return match secrets.get(&sds.name).and_then(|s| s.r#type.as_ref()) {
             Some(secret::Type::TlsCertificate(tc)) => Ok(tc.clone()),
-            Some(_) => Err(invalid("common_tls_context.tls_certificate_sds_secret_configs[0]", format!("secret '{}' is not a TLS certificate", sds.name))),
+            Some(_) => Err(invalid(
+                "common_tls_context.tls_certificate_sds_secret_configs[0]",
+                format!("secret '{}' is not a TLS certificate", sds.name),
+            )),
             None => Err(TlsError::MissingSecret(sds.name.clone())),
         };
     }
-    Err(invalid("common_tls_context.tls_certificates", "a certificate is required"))
+    Err(invalid(
+        "common_tls_context.tls_certificates",
+        "a certificate is required",
+    ))
 }
 
-fn validation_context(common: &CommonTlsContext, secrets: &Secrets) -> Result<Option<CertificateValidationContext>, TlsError> {
+fn validation_context(
+    common: &CommonTlsContext,
+    secrets: &Secrets,
+) -> Result<Option<CertificateValidationContext>, TlsError> {
     match &common.validation_context_type {
         None => Ok(None),
         Some(ValidationContextType::ValidationContext(v)) => Ok(Some(v.clone())),
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => match secrets.get(&sds.name).and_then(|s| s.r#type.as_ref()) {
-            Some(secret::Type::ValidationContext(v)) => Ok(Some(v.clone())),
-            Some(_) => Err(invalid("common_tls_context.validation_context_sds_secret_config", format!("secret '{}' is not a validation context", sds.name))),
-            None => Err(TlsError::MissingSecret(sds.name.clone())),
-        },
-        Some(_) => Err(invalid("common_tls_context.combined_validation_context", "not supported yet")),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            match secrets.get(&sds.name).and_then(|s| s.r#type.as_ref()) {
+                Some(secret::Type::ValidationContext(v)) => Ok(Some(v.clone())),
+                Some(_) => Err(invalid(
+                    "common_tls_context.validation_context_sds_secret_config",
+                    format!("secret '{}' is not a validation context", sds.name),
+                )),
+                None => Err(TlsError::MissingSecret(sds.name.clone())),
+            }
+        }
+        Some(_) => Err(invalid(
+            "common_tls_context.combined_validation_context",
+            "not supported yet",
+        )),
     }
 }
 
-fn versions(common: &CommonTlsContext) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+fn versions(
+    common: &CommonTlsContext,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
     let params = common.tls_params.clone().unwrap_or_default();
     // Envoy's server defaults: TLS 1.2 minimum, TLS 1.3 maximum.
     let min = match TlsProtocol::try_from(params.tls_minimum_protocol_version) {
         Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12) | Err(_) => 12,
         Ok(TlsProtocol::TlSv13) => 13,
-        Ok(_) => return Err(invalid("common_tls_context.tls_params.tls_minimum_protocol_version", "TLS below 1.2 is not supported")),
+        Ok(_) => {
+            return Err(invalid(
+                "common_tls_context.tls_params.tls_minimum_protocol_version",
+                "TLS below 1.2 is not supported",
+            ));
+        }
     };
     let max = match TlsProtocol::try_from(params.tls_maximum_protocol_version) {
         Ok(TlsProtocol::TlSv12) => 12,
@@ -115,7 +163,8 @@ fn versions(common: &CommonTlsContext) -> Result<Vec<&'static rustls::SupportedP
 
 /// Builds the server configuration for a filter chain's transport socket.
 pub fn server_config(any: &Any, secrets: &Secrets) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let ctx = DownstreamTlsContext::decode(any.value.as_slice()).map_err(|e| invalid("", format!("invalid DownstreamTlsContext: {e}")))?;
+    let ctx = DownstreamTlsContext::decode(any.value.as_slice())
+        .map_err(|e| invalid("", format!("invalid DownstreamTlsContext: {e}")))?;
     let common = ctx.common_tls_context.clone().unwrap_or_default();
     let tc = tls_certificate(&common, secrets)?;
     let (certs, key) = certs_and_key(&tc, "common_tls_context.tls_certificates[0]")?;
@@ -123,38 +172,80 @@ pub fn server_config(any: &Any, secrets: &Secrets) -> Result<Arc<rustls::ServerC
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions(&common)?)
         .map_err(|e| invalid("common_tls_context.tls_params", e.to_string()))?;
-    let require_client = ctx.require_client_certificate.map(|b| b.value).unwrap_or(false);
+    let require_client = ctx
+        .require_client_certificate
+        .map(|b| b.value)
+        .unwrap_or(false);
     let builder = match validation_context(&common, secrets)? {
         Some(vc) if vc.trusted_ca.is_some() => {
-            let ca = read_source(vc.trusted_ca.as_ref(), "common_tls_context.validation_context.trusted_ca")?;
+            let ca = read_source(
+                vc.trusted_ca.as_ref(),
+                "common_tls_context.validation_context.trusted_ca",
+            )?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-                let cert = cert.map_err(|e| invalid("common_tls_context.validation_context.trusted_ca", format!("invalid PEM: {e}")))?;
-                roots.add(cert).map_err(|e| invalid("common_tls_context.validation_context.trusted_ca", e.to_string()))?;
+                let cert = cert.map_err(|e| {
+                    invalid(
+                        "common_tls_context.validation_context.trusted_ca",
+                        format!("invalid PEM: {e}"),
+                    )
+                })?;
+                roots.add(cert).map_err(|e| {
+                    invalid(
+                        "common_tls_context.validation_context.trusted_ca",
+                        e.to_string(),
+                    )
+                })?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
-            let verifier = if require_client { verifier } else { verifier.allow_unauthenticated() };
-            let verifier = verifier.build().map_err(|e| invalid("common_tls_context.validation_context", e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(&provider),
+            );
+            let verifier = if require_client {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| invalid("common_tls_context.validation_context", e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         _ if require_client => {
-            return Err(invalid("require_client_certificate", "requires a validation_context with trusted_ca"));
+            return Err(invalid(
+                "require_client_certificate",
+                "requires a validation_context with trusted_ca",
+            ));
         }
         _ => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| invalid("common_tls_context.tls_certificates[0]", e.to_string()))?;
-    config.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.alpn_protocols = common
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
     Ok(Arc::new(config))
 }
 
 /// SDS secret names a TLS context depends on.
 pub fn secret_names(any: &Any) -> Vec<String> {
-    let Ok(ctx) = DownstreamTlsContext::decode(any.value.as_slice()) else { return vec![] };
-    let Some(common) = ctx.common_tls_context else { return vec![] };
-    let mut names: Vec<String> = common.tls_certificate_sds_secret_configs.iter().map(|s| s.name.clone()).collect();
-    if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) = &common.validation_context_type {
+    let Ok(ctx) = DownstreamTlsContext::decode(any.value.as_slice()) else {
+        return vec![];
+    };
+    let Some(common) = ctx.common_tls_context else {
+        return vec![];
+    };
+    let mut names: Vec<String> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
+        &common.validation_context_type
+    {
         names.push(s.name.clone());
     }
     names

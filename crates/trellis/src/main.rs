@@ -86,12 +86,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logs(level: &str) -> anyhow::Result<reload::Handle<EnvFilter, tracing_subscriber::Registry>> {
+fn init_logs(
+    level: &str,
+) -> anyhow::Result<reload::Handle<EnvFilter, tracing_subscriber::Registry>> {
     let filter = level_filter(level).map_err(anyhow::Error::msg)?;
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .init();
     Ok(handle)
 }

@@ -20,7 +20,8 @@ pub(crate) struct XdsServeArgs {
 }
 
 fn load(path: &Path) -> anyhow::Result<xds::snapshot::Snapshot> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     xds::snapshot::snapshot_from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

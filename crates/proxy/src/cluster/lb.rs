@@ -49,8 +49,16 @@ impl LoadBalancer {
             eligible
         };
         // Start at a random offset so that many proxies do not all hit host 0 first.
-        let start = if schedule.is_empty() { 0 } else { rand::random_range(0..schedule.len()) };
-        Self { policy, schedule, next: AtomicUsize::new(start) }
+        let start = if schedule.is_empty() {
+            0
+        } else {
+            rand::random_range(0..schedule.len())
+        };
+        Self {
+            policy,
+            schedule,
+            next: AtomicUsize::new(start),
+        }
     }
 
     pub fn pick<'a>(&self, hosts: &'a [Arc<Host>]) -> Option<&'a Arc<Host>> {
@@ -63,7 +71,12 @@ impl LoadBalancer {
             LbPolicy::LeastRequest if n > 1 => {
                 let a = self.schedule[rand::random_range(0..n)];
                 let b = self.schedule[rand::random_range(0..n)];
-                if hosts[b].active.load(Ordering::Relaxed) < hosts[a].active.load(Ordering::Relaxed) { b } else { a }
+                if hosts[b].active.load(Ordering::Relaxed) < hosts[a].active.load(Ordering::Relaxed)
+                {
+                    b
+                } else {
+                    a
+                }
             }
             _ => self.schedule[self.next.fetch_add(1, Ordering::Relaxed) % n],
         };

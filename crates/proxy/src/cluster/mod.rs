@@ -17,7 +17,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster as ClusterProto, cluster};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
 use prost::Message;
 
 pub use lb::LoadBalancer;
@@ -35,7 +37,9 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 pub enum Discovery {
     Static,
     /// Endpoints arrive over EDS under this name.
-    Eds { service_name: String },
+    Eds {
+        service_name: String,
+    },
     /// Names in the load assignment are resolved when connecting.
     Dns,
     /// Requests go to the downstream connection's original destination.
@@ -75,12 +79,17 @@ impl ClusterSpec {
             Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(*t)
                 .map_err(|_| scope.err("type", format!("unknown discovery type {t}")))?,
             Some(cluster::ClusterDiscoveryType::ClusterType(c)) => {
-                return Err(scope.err("cluster_type", format!("custom cluster type '{}' is not supported", c.name)));
+                return Err(scope.err(
+                    "cluster_type",
+                    format!("custom cluster type '{}' is not supported", c.name),
+                ));
             }
         };
         let discovery = match discovery_type {
             cluster::DiscoveryType::Static => Discovery::Static,
-            cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns => Discovery::Dns,
+            cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns => {
+                Discovery::Dns
+            }
             cluster::DiscoveryType::Eds => {
                 let service_name = proto
                     .eds_cluster_config
@@ -92,15 +101,22 @@ impl ClusterSpec {
             }
             cluster::DiscoveryType::OriginalDst => Discovery::OriginalDst,
         };
-        let lb_policy = cluster::LbPolicy::try_from(proto.lb_policy)
-            .map_err(|_| scope.err("lb_policy", format!("unknown load balancing policy {}", proto.lb_policy)))?;
+        let lb_policy = cluster::LbPolicy::try_from(proto.lb_policy).map_err(|_| {
+            scope.err(
+                "lb_policy",
+                format!("unknown load balancing policy {}", proto.lb_policy),
+            )
+        })?;
         match lb_policy {
             cluster::LbPolicy::RoundRobin
             | cluster::LbPolicy::LeastRequest
             | cluster::LbPolicy::Random
             | cluster::LbPolicy::ClusterProvided => {}
             other => {
-                return Err(scope.err("lb_policy", format!("{} is not supported yet", other.as_str_name())));
+                return Err(scope.err(
+                    "lb_policy",
+                    format!("{} is not supported yet", other.as_str_name()),
+                ));
             }
         }
         if let Some(ts) = &proto.transport_socket {
@@ -111,7 +127,10 @@ impl ClusterSpec {
                 None => "",
             };
             if !type_url.ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") {
-                return Err(scope.err("transport_socket", format!("upstream transport socket '{type_url}' is not supported yet")));
+                return Err(scope.err(
+                    "transport_socket",
+                    format!("upstream transport socket '{type_url}' is not supported yet"),
+                ));
             }
         }
         let protocol = upstream_protocol(proto).map_err(|(field, msg)| scope.err(field, msg))?;
@@ -157,9 +176,11 @@ impl ClusterSpec {
             _ => self.static_assignment.as_ref(),
         };
         let endpoints = match cla {
-            Some(cla) => endpoints_of(cla, self.discovery == Discovery::Dns).map_err(|(field, msg)| {
-                ErrorScope::new("cluster_load_assignment", &cla.cluster_name).err(field, msg)
-            })?,
+            Some(cla) => {
+                endpoints_of(cla, self.discovery == Discovery::Dns).map_err(|(field, msg)| {
+                    ErrorScope::new("cluster_load_assignment", &cla.cluster_name).err(field, msg)
+                })?
+            }
             None => Vec::new(),
         };
         let mut reuse: HashMap<&Target, &Arc<Host>> = HashMap::new();
@@ -171,21 +192,40 @@ impl ClusterSpec {
         let mut hosts = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
             let host = match reuse.get(&ep.target) {
-                Some(h) if h.weight == ep.weight && h.healthy == ep.healthy && h.priority == ep.priority => Arc::clone(h),
-                Some(h) => Arc::new(Host { pool: Arc::clone(&h.pool), active: AtomicU64::new(0), ..ep }),
+                Some(h)
+                    if h.weight == ep.weight
+                        && h.healthy == ep.healthy
+                        && h.priority == ep.priority =>
+                {
+                    Arc::clone(h)
+                }
+                Some(h) => Arc::new(Host {
+                    pool: Arc::clone(&h.pool),
+                    active: AtomicU64::new(0),
+                    ..ep
+                }),
                 None => Arc::new(ep),
             };
             hosts.push(host);
         }
         let lb = LoadBalancer::new(self.lb_policy, &hosts);
-        Ok(Cluster { spec: self.clone(), all_hosts: hosts, lb, stats: ClusterStats::default() })
+        Ok(Cluster {
+            spec: self.clone(),
+            all_hosts: hosts,
+            lb,
+            stats: ClusterStats::default(),
+        })
     }
 }
 
 fn upstream_protocol(proto: &ClusterProto) -> Result<UpstreamProtocol, (String, String)> {
-    if let Some(any) = proto.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS) {
+    if let Some(any) = proto
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
         let field = format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}]");
-        let opts = HttpProtocolOptions::decode(any.value.as_slice()).map_err(|e| (field.clone(), e.to_string()))?;
+        let opts = HttpProtocolOptions::decode(any.value.as_slice())
+            .map_err(|e| (field.clone(), e.to_string()))?;
         return Ok(match opts.upstream_protocol_options {
             Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(c)) => match c.protocol_config {
                 Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)) => {
@@ -225,7 +265,10 @@ pub struct Host {
     pub pool: Arc<HostPool>,
 }
 
-fn endpoints_of(cla: &ClusterLoadAssignment, allow_dns: bool) -> Result<Vec<Host>, (String, String)> {
+fn endpoints_of(
+    cla: &ClusterLoadAssignment,
+    allow_dns: bool,
+) -> Result<Vec<Host>, (String, String)> {
     let mut out = Vec::new();
     for (li, locality) in cla.endpoints.iter().enumerate() {
         for (ei, lb_ep) in locality.lb_endpoints.iter().enumerate() {
@@ -233,22 +276,41 @@ fn endpoints_of(cla: &ClusterLoadAssignment, allow_dns: bool) -> Result<Vec<Host
             let endpoint = match &lb_ep.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(e)) => e,
                 Some(lb_endpoint::HostIdentifier::EndpointName(n)) => {
-                    return Err((format!("{field}.endpoint_name"), format!("named endpoint '{n}' is not supported")));
+                    return Err((
+                        format!("{field}.endpoint_name"),
+                        format!("named endpoint '{n}' is not supported"),
+                    ));
                 }
                 None => return Err((format!("{field}.endpoint"), "endpoint is required".into())),
             };
-            let address = endpoint.address.as_ref().ok_or_else(|| (format!("{field}.endpoint.address"), "address is required".to_string()))?;
-            let target = addr::endpoint_target(address, allow_dns).map_err(|m| (format!("{field}.endpoint.address"), m))?;
+            let address = endpoint.address.as_ref().ok_or_else(|| {
+                (
+                    format!("{field}.endpoint.address"),
+                    "address is required".to_string(),
+                )
+            })?;
+            let target = addr::endpoint_target(address, allow_dns)
+                .map_err(|m| (format!("{field}.endpoint.address"), m))?;
             let weight = lb_ep.load_balancing_weight.map(|w| w.value).unwrap_or(1);
             if weight == 0 {
-                return Err((format!("{field}.load_balancing_weight"), "must be at least 1".into()));
+                return Err((
+                    format!("{field}.load_balancing_weight"),
+                    "must be at least 1".into(),
+                ));
             }
             let healthy = matches!(
                 HealthStatus::try_from(lb_ep.health_status),
                 Ok(HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded)
             );
             let pool = HostPool::new(target.clone());
-            out.push(Host { target, weight, priority: locality.priority, healthy, active: AtomicU64::new(0), pool });
+            out.push(Host {
+                target,
+                weight,
+                priority: locality.priority,
+                healthy,
+                active: AtomicU64::new(0),
+                pool,
+            });
         }
     }
     Ok(out)
@@ -296,4 +358,3 @@ impl Cluster {
         self.lb.pick(&self.all_hosts)
     }
 }
-

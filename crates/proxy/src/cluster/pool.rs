@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -50,13 +50,19 @@ pub struct HostPool {
 
 impl std::fmt::Debug for HostPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostPool").field("target", &self.target).finish_non_exhaustive()
+        f.debug_struct("HostPool")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
     }
 }
 
 impl HostPool {
     pub fn new(target: Target) -> Arc<Self> {
-        Arc::new(Self { target, idle_h1: Mutex::new(Vec::new()), h2: tokio::sync::Mutex::new(None) })
+        Arc::new(Self {
+            target,
+            idle_h1: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub fn idle_connections(&self) -> usize {
@@ -111,7 +117,11 @@ impl HostPool {
         }
     }
 
-    async fn send_h1(self: &Arc<Self>, req: Request<Body>, timeout: Duration) -> Result<Response<Body>, UpstreamError> {
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
         let mut sender = match self.take_idle_h1() {
             Some(s) => s,
             None => {
@@ -130,10 +140,21 @@ impl HostPool {
         };
         let resp = sender.send_request(req).await.map_err(reset_error)?;
         let pool = Arc::downgrade(self);
-        Ok(resp.map(|body| PooledBody { inner: body, sender: Some(sender), pool }.boxed()))
+        Ok(resp.map(|body| {
+            PooledBody {
+                inner: body,
+                sender: Some(sender),
+                pool,
+            }
+            .boxed()
+        }))
     }
 
-    async fn send_h2(&self, req: Request<Body>, timeout: Duration) -> Result<Response<Body>, UpstreamError> {
+    async fn send_h2(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Body>, UpstreamError> {
         let mut sender = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
@@ -191,7 +212,10 @@ impl HttpBody for PooledBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

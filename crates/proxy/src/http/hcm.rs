@@ -14,8 +14,7 @@ use super::filters::HttpFilter;
 use crate::duration::timeout_or;
 use crate::error::{ConfigError, ErrorScope};
 
-pub const TYPE_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -75,7 +74,8 @@ impl HcmConfig {
         };
         let routes = match &hcm.route_specifier {
             Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
-                let table = RouteTable::compile(rc).map_err(|e| scope.err(f("route_config"), e.to_string()))?;
+                let table = RouteTable::compile(rc)
+                    .map_err(|e| scope.err(f("route_config"), e.to_string()))?;
                 RouteSource::Inline(Arc::new(table))
             }
             Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
@@ -90,20 +90,30 @@ impl HcmConfig {
             None => return Err(scope.err(field, "one of route_config or rds is required")),
         };
         let filters = super::filters::compile_chain(&hcm.http_filters, scope, &f("http_filters"))?;
-        let common = hcm.common_http_protocol_options.clone().unwrap_or_default();
+        let common = hcm.common_http_protocol_options.unwrap_or_default();
         let server_transform = hcm.server_header_transformation;
         let server_name = if server_transform
             == http_connection_manager::ServerHeaderTransformation::PassThrough as i32
         {
             None
         } else {
-            let name = if hcm.server_name.is_empty() { "envoy" } else { hcm.server_name.as_str() };
-            Some(http::HeaderValue::from_str(name).map_err(|_| scope.err(f("server_name"), "not a valid header value"))?)
+            let name = if hcm.server_name.is_empty() {
+                "envoy"
+            } else {
+                hcm.server_name.as_str()
+            };
+            Some(
+                http::HeaderValue::from_str(name)
+                    .map_err(|_| scope.err(f("server_name"), "not a valid header value"))?,
+            )
         };
         let via = if hcm.via.is_empty() {
             None
         } else {
-            Some(http::HeaderValue::from_str(&hcm.via).map_err(|_| scope.err(f("via"), "not a valid header value"))?)
+            Some(
+                http::HeaderValue::from_str(&hcm.via)
+                    .map_err(|_| scope.err(f("via"), "not a valid header value"))?,
+            )
         };
         let max_kb = hcm.max_request_headers_kb.map(|v| v.value).unwrap_or(60);
         if !(1..=8192).contains(&max_kb) {
@@ -112,7 +122,10 @@ impl HcmConfig {
         let mut upgrades = Vec::new();
         for (i, u) in hcm.upgrade_configs.iter().enumerate() {
             if !u.filters.is_empty() {
-                return Err(scope.err(f(&format!("upgrade_configs[{i}].filters")), "per-upgrade filter chains are not supported"));
+                return Err(scope.err(
+                    f(&format!("upgrade_configs[{i}].filters")),
+                    "per-upgrade filter chains are not supported",
+                ));
             }
             if u.enabled.map(|e| e.value).unwrap_or(true) {
                 upgrades.push(u.upgrade_type.to_ascii_lowercase());
@@ -120,9 +133,13 @@ impl HcmConfig {
         }
         let strip_any_host_port = matches!(
             hcm.strip_port_mode,
-            Some(http_connection_manager::StripPortMode::StripAnyHostPort(true))
+            Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+                true
+            ))
         );
-        let suppress_envoy_headers = filters.iter().any(|f| matches!(f, HttpFilter::Router(r) if r.suppress_envoy_headers));
+        let suppress_envoy_headers = filters
+            .iter()
+            .any(|f| matches!(f, HttpFilter::Router(r) if r.suppress_envoy_headers));
         Ok(Self {
             stat_prefix: hcm.stat_prefix.clone(),
             codec,
@@ -139,12 +156,21 @@ impl HcmConfig {
             append_server_if_absent: server_transform
                 == http_connection_manager::ServerHeaderTransformation::AppendIfAbsent as i32,
             // Envoy's defaults: streams idle out after 5 minutes; no overall request timeout.
-            stream_idle_timeout: timeout_or(hcm.stream_idle_timeout.as_ref(), Some(Duration::from_secs(300))),
+            stream_idle_timeout: timeout_or(
+                hcm.stream_idle_timeout.as_ref(),
+                Some(Duration::from_secs(300)),
+            ),
             request_timeout: timeout_or(hcm.request_timeout.as_ref(), None),
             request_headers_timeout: timeout_or(hcm.request_headers_timeout.as_ref(), None),
-            idle_timeout: timeout_or(common.idle_timeout.as_ref(), Some(Duration::from_secs(3600))),
+            idle_timeout: timeout_or(
+                common.idle_timeout.as_ref(),
+                Some(Duration::from_secs(3600)),
+            ),
             max_request_headers_bytes: max_kb as usize * 1024,
-            max_headers_count: common.max_headers_count.map(|v| v.value as usize).unwrap_or(100),
+            max_headers_count: common
+                .max_headers_count
+                .map(|v| v.value as usize)
+                .unwrap_or(100),
             upgrades,
             strip_matching_host_port: hcm.strip_matching_host_port,
             strip_any_host_port,

@@ -29,10 +29,15 @@ pub fn reply(status: StatusCode, text: &str, grpc: bool) -> Response<Body> {
     if grpc {
         return grpc_reply(grpc_status_for(status), text);
     }
-    let mut resp = Response::new(if text.is_empty() { body::empty() } else { body::full(text.to_owned()) });
+    let mut resp = Response::new(if text.is_empty() {
+        body::empty()
+    } else {
+        body::full(text.to_owned())
+    });
     *resp.status_mut() = status;
     if !text.is_empty() {
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     resp
 }
@@ -41,7 +46,10 @@ pub fn reply(status: StatusCode, text: &str, grpc: bool) -> Response<Body> {
 pub fn grpc_reply(grpc_status: u32, message: &str) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     h.insert("grpc-status", HeaderValue::from(grpc_status));
     if !message.is_empty()
         && let Ok(v) = HeaderValue::from_str(&percent_encode(message))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::borrow::Cow;
@@ -50,9 +52,13 @@ impl route::FormatContext for Context<'_> {
     fn variable(&self, var: &Variable) -> Option<Cow<'_, str>> {
         Some(match var {
             Variable::DownstreamRemoteAddress => Cow::Owned(self.conn.remote.to_string()),
-            Variable::DownstreamRemoteAddressWithoutPort => Cow::Owned(self.conn.remote.ip().to_string()),
+            Variable::DownstreamRemoteAddressWithoutPort => {
+                Cow::Owned(self.conn.remote.ip().to_string())
+            }
             Variable::DownstreamLocalAddress => Cow::Owned(self.conn.local.to_string()),
-            Variable::DownstreamLocalAddressWithoutPort => Cow::Owned(self.conn.local.ip().to_string()),
+            Variable::DownstreamLocalAddressWithoutPort => {
+                Cow::Owned(self.conn.local.ip().to_string())
+            }
             Variable::UpstreamHost => Cow::Owned(self.upstream_host.clone()?),
             Variable::Protocol => Cow::Borrowed(self.protocol),
             Variable::Hostname => Cow::Owned(hostname()),
@@ -62,7 +68,9 @@ impl route::FormatContext for Context<'_> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub(super) fn protocol_name(v: Version) -> &'static str {
@@ -77,13 +85,24 @@ fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response
     let (flag, reason) = match e {
         UpstreamError::Connect(detail) => {
             tracing::debug!(%detail, "upstream connect failed");
-            (Flag::UpstreamConnectionFailure, "remote connection failure".to_string())
+            (
+                Flag::UpstreamConnectionFailure,
+                "remote connection failure".to_string(),
+            )
         }
-        UpstreamError::ConnectTimeout => (Flag::UpstreamConnectionFailure, "connection timeout".to_string()),
-        UpstreamError::Reset(_) => (Flag::UpstreamConnectionTermination, "connection termination".to_string()),
+        UpstreamError::ConnectTimeout => (
+            Flag::UpstreamConnectionFailure,
+            "connection timeout".to_string(),
+        ),
+        UpstreamError::Reset(_) => (
+            Flag::UpstreamConnectionTermination,
+            "connection termination".to_string(),
+        ),
     };
     state.flags.set(flag);
-    let text = format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}");
+    let text = format!(
+        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+    );
     local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, &text, state.grpc)
 }
 
@@ -110,7 +129,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(&HTTP2_SETTINGS);
     // TE may only say "trailers" when forwarded (gRPC relies on it).
     if let Some(te) = headers.get(header::TE)
-        && !te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        && !te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
     {
         headers.remove(header::TE);
     } else if headers.contains_key(header::TE) {
@@ -123,24 +145,34 @@ fn upgrade_type(headers: &HeaderMap) -> Option<String> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     if !connection_upgrade {
         return None;
     }
-    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase)
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
 }
 
 fn build_uri(version: UpVersion, scheme: &str, authority: &str, path: &str) -> Result<Uri, String> {
     match version {
         UpVersion::Http1 => path.parse().map_err(|e| format!("{e}")),
-        UpVersion::Http2 => format!("{scheme}://{authority}{path}").parse().map_err(|e| format!("{e}")),
+        UpVersion::Http2 => format!("{scheme}://{authority}{path}")
+            .parse()
+            .map_err(|e| format!("{e}")),
     }
 }
 
 /// Envoy sends mirrored requests with `-shadow` appended to the host name.
 fn shadow_authority(authority: &str) -> String {
     match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => format!("{}-shadow{}", &authority[..i], &authority[i..]),
+        Some(i) if !authority[i..].contains(']') => {
+            format!("{}-shadow{}", &authority[..i], &authority[i..])
+        }
         _ => format!("{authority}-shadow"),
     }
 }
@@ -159,7 +191,11 @@ pub(super) async fn forward(
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
         state.flags.set(Flag::NoClusterFound);
         state.cluster = Some(cluster_name.to_string());
-        return Err(local_reply::reply(ctx.forward.cluster_not_found_response_code, "", grpc));
+        return Err(local_reply::reply(
+            ctx.forward.cluster_not_found_response_code,
+            "",
+            grpc,
+        ));
     };
     drop(snapshot);
     state.cluster = Some(cluster.name().to_string());
@@ -171,7 +207,8 @@ pub(super) async fn forward(
         // Envoy refuses and closes: the client's bytes after the request
         // would otherwise be read as a new request.
         let mut resp = local_reply::reply(StatusCode::FORBIDDEN, "", grpc);
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return Err(resp);
     }
     let connect = parts.method == http::Method::CONNECT;
@@ -181,13 +218,18 @@ pub(super) async fn forward(
 
     let Some(host) = cluster.pick().cloned() else {
         state.flags.set(Flag::NoHealthyUpstream);
-        return Err(local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", grpc));
+        return Err(local_reply::reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            grpc,
+        ));
     };
     let host_name = host.target.to_string();
     state.upstream_host = Some(host_name.clone());
 
     if connect {
-        return super::server::tunnel_connect(parts, &host, cluster.spec.connect_timeout, state).await;
+        return super::server::tunnel_connect(parts, &host, cluster.spec.connect_timeout, state)
+            .await;
     }
 
     let version = match cluster.spec.protocol {
@@ -196,10 +238,23 @@ pub(super) async fn forward(
         UpstreamProtocol::Downstream => UpVersion::Http1,
     };
     // Upgrades ride on HTTP/1.1 upstream connections.
-    let version = if upgrade.is_some() { UpVersion::Http1 } else { version };
+    let version = if upgrade.is_some() {
+        UpVersion::Http1
+    } else {
+        version
+    };
 
-    let original_path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let path = ctx.selected.route.rewritten_path(&original_path).unwrap_or_else(|| original_path.clone());
+    let original_path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let path = ctx
+        .selected
+        .route
+        .rewritten_path(&original_path)
+        .unwrap_or_else(|| original_path.clone());
     let (authority, mirrors) = {
         let view = RequestView {
             authority: ctx.authority,
@@ -213,21 +268,32 @@ pub(super) async fn forward(
             .rewritten_host(&view, choice.and_then(|c| c.weighted))
             .map(Cow::into_owned)
             .unwrap_or_else(|| ctx.authority.to_string());
-        let mirrors: Vec<String> = ctx.forward.mirrors(&view, rand::random()).map(|(_, name)| name.into_owned()).collect();
+        let mirrors: Vec<String> = ctx
+            .forward
+            .mirrors(&view, rand::random())
+            .map(|(_, name)| name.into_owned())
+            .collect();
         (host, mirrors)
     };
 
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade.is_some());
     headers.remove(header::EXPECT);
-    let fmt = Context { conn: ctx.conn, upstream_host: Some(host_name.clone()), protocol: protocol_name(parts.version) };
-    ctx.table.apply_request_headers(ctx.selected, &mut headers, &fmt);
-    if path != original_path && !hcm.suppress_envoy_headers
+    let fmt = Context {
+        conn: ctx.conn,
+        upstream_host: Some(host_name.clone()),
+        protocol: protocol_name(parts.version),
+    };
+    ctx.table
+        .apply_request_headers(ctx.selected, &mut headers, &fmt);
+    if path != original_path
+        && !hcm.suppress_envoy_headers
         && let Ok(v) = HeaderValue::from_str(&original_path)
     {
         headers.insert(ORIGINAL_PATH.clone(), v);
     }
-    if authority != ctx.authority && !hcm.suppress_envoy_headers
+    if authority != ctx.authority
+        && !hcm.suppress_envoy_headers
         && let Ok(v) = HeaderValue::from_str(ctx.authority)
     {
         headers.insert(ORIGINAL_HOST.clone(), v);
@@ -236,7 +302,10 @@ pub(super) async fn forward(
     if let Some(t) = timeout
         && !hcm.suppress_envoy_headers
     {
-        headers.insert(EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+        headers.insert(
+            EXPECTED_TIMEOUT.clone(),
+            HeaderValue::from(t.as_millis() as u64),
+        );
     }
     match version {
         UpVersion::Http1 => {
@@ -251,17 +320,32 @@ pub(super) async fn forward(
     let scheme = if ctx.conn.tls { "https" } else { "http" };
     let uri = match build_uri(version, scheme, &authority, &path) {
         Ok(u) => u,
-        Err(e) => return Err(local_reply::reply(StatusCode::BAD_REQUEST, &format!("invalid rewritten path: {e}"), grpc)),
+        Err(e) => {
+            return Err(local_reply::reply(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid rewritten path: {e}"),
+                grpc,
+            ));
+        }
     };
 
-    let downstream_upgrade = if upgrade.is_some() { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    let downstream_upgrade = if upgrade.is_some() {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let upstream_body = if mirrors.is_empty() {
         body::incoming(body)
     } else {
-        match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT).collect().await {
+        match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT)
+            .collect()
+            .await
+        {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
-                spawn_mirrors(&mirrors, ctx.conn, parts, &headers, &path, &authority, &bytes);
+                spawn_mirrors(
+                    &mirrors, ctx.conn, parts, &headers, &path, &authority, &bytes,
+                );
                 body::full(bytes)
             }
             Err(_) => return Err(local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, "", grpc)),
@@ -277,28 +361,44 @@ pub(super) async fn forward(
     };
     *req.headers_mut() = headers;
 
-    cluster.stats.upstream_rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    host.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cluster
+        .stats
+        .upstream_rq_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    host.active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let sent_at = Instant::now();
     let send = host.pool.send(req, version, cluster.spec.connect_timeout);
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => r,
             Err(_) => {
-                host.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                cluster.stats.upstream_rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                host.active
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                cluster
+                    .stats
+                    .upstream_rq_timeout
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 state.flags.set(Flag::UpstreamRequestTimeout);
-                return Err(local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", grpc));
+                return Err(local_reply::reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    grpc,
+                ));
             }
         },
         None => send.await,
     };
-    host.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    host.active
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if matches!(e, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) {
-                cluster.stats.upstream_cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cluster
+                    .stats
+                    .upstream_cx_connect_fail
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             return Err(upstream_error_reply(&e, state));
         }
@@ -314,7 +414,10 @@ pub(super) async fn forward(
         strip_hop_by_hop(resp.headers_mut(), false);
     }
     if !hcm.suppress_envoy_headers && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        resp.headers_mut().insert(UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(sent_at.elapsed().as_millis() as u64));
+        resp.headers_mut().insert(
+            UPSTREAM_SERVICE_TIME.clone(),
+            HeaderValue::from(sent_at.elapsed().as_millis() as u64),
+        );
     }
     Ok(resp)
 }
@@ -330,7 +433,9 @@ fn spawn_mirrors(
 ) {
     let snapshot = conn.snapshot.load();
     for name in clusters {
-        let Some(cluster) = snapshot.clusters.get(name).cloned() else { continue };
+        let Some(cluster) = snapshot.clusters.get(name).cloned() else {
+            continue;
+        };
         let shadow = shadow_authority(authority);
         let mut req = Request::new(body::full(body_bytes.clone()));
         *req.method_mut() = parts.method.clone();
@@ -339,20 +444,28 @@ fn spawn_mirrors(
             h.insert(header::HOST, v);
         }
         *req.headers_mut() = h;
-        let Ok(uri) = path.parse::<Uri>() else { continue };
+        let Ok(uri) = path.parse::<Uri>() else {
+            continue;
+        };
         *req.uri_mut() = uri;
         tokio::spawn(mirror_one(cluster, req, shadow));
     }
 }
 
 async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: String) {
-    let Some(host) = cluster.pick().cloned() else { return };
+    let Some(host) = cluster.pick().cloned() else {
+        return;
+    };
     let version = match cluster.spec.protocol {
         UpstreamProtocol::Fixed(v) => v,
         UpstreamProtocol::Downstream => UpVersion::Http1,
     };
     if version == UpVersion::Http2 {
-        let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
         if let Ok(uri) = format!("http://{shadow}{path}").parse() {
             *req.uri_mut() = uri;
         }
@@ -360,7 +473,11 @@ async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: Strin
         req.headers_mut().remove(header::HOST);
     }
     // Mirrored responses are discarded; failures never reach the client.
-    if let Ok(resp) = host.pool.send(req, version, cluster.spec.connect_timeout).await {
+    if let Ok(resp) = host
+        .pool
+        .send(req, version, cluster.spec.connect_timeout)
+        .await
+    {
         let _ = resp.into_body().collect().await;
     }
 }

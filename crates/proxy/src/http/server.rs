@@ -32,7 +32,10 @@ where
         .timer(TokioTimer::new())
         .max_buf_size(hcm.max_request_headers_bytes.max(8192) + 1024)
         .max_headers(hcm.max_headers_count.max(1) + 1)
-        .header_read_timeout(hcm.request_headers_timeout.unwrap_or(Duration::from_secs(60)));
+        .header_read_timeout(
+            hcm.request_headers_timeout
+                .unwrap_or(Duration::from_secs(60)),
+        );
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -97,19 +100,32 @@ pub(super) async fn tunnel_connect(
     let connect = async {
         match &target {
             crate::addr::Target::Ip(a) => tokio::net::TcpStream::connect(a).await,
-            crate::addr::Target::Dns { host, port } => tokio::net::TcpStream::connect((host.as_str(), *port)).await,
+            crate::addr::Target::Dns { host, port } => {
+                tokio::net::TcpStream::connect((host.as_str(), *port)).await
+            }
         }
     };
     let upstream = match tokio::time::timeout(connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             state.flags.set(Flag::UpstreamConnectionFailure);
-            let text = format!("upstream connect error or disconnect/reset before headers. reset reason: {}", UpstreamError::Connect(e.to_string()));
-            return Err(local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, &text, false));
+            let text = format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                UpstreamError::Connect(e.to_string())
+            );
+            return Err(local_reply::reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &text,
+                false,
+            ));
         }
         Err(_) => {
             state.flags.set(Flag::UpstreamConnectionFailure);
-            return Err(local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout", false));
+            return Err(local_reply::reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
+                false,
+            ));
         }
     };
     tokio::spawn(async move {

@@ -125,9 +125,11 @@ fn append_xff(headers: &mut HeaderMap, ip: &str) {
 
 fn append_header(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
     let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => {
-            HeaderValue::from_str(&format!("{existing},{}", value.to_str().unwrap_or_default())).ok()
-        }
+        Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!(
+            "{existing},{}",
+            value.to_str().unwrap_or_default()
+        ))
+        .ok(),
         _ => Some(value.clone()),
     };
     if let Some(v) = joined {
@@ -140,7 +142,11 @@ fn is_internal(ip: &std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
         std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_private() || v4.is_loopback())
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_private() || v4.is_loopback())
         }
     }
 }
@@ -170,7 +176,11 @@ fn authority_of(parts: &http::request::Parts) -> Option<String> {
     if let Some(a) = parts.uri.authority() {
         return Some(a.as_str().to_string());
     }
-    parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string)
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn strip_port(host: &str, local_port: u16, any: bool) -> &str {
@@ -193,14 +203,30 @@ async fn route_and_forward(
     let hcm = &conn.hcm;
     let grpc = state.grpc;
     if parts.headers.len() > hcm.max_headers_count {
-        return Err(local_reply::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", grpc));
+        return Err(local_reply::reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "",
+            grpc,
+        ));
     }
-    let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
     if header_bytes > hcm.max_request_headers_bytes {
-        return Err(local_reply::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", grpc));
+        return Err(local_reply::reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "",
+            grpc,
+        ));
     }
     let Some(mut authority) = authority_of(parts) else {
-        return Err(local_reply::reply(StatusCode::BAD_REQUEST, "missing required header: :authority", grpc));
+        return Err(local_reply::reply(
+            StatusCode::BAD_REQUEST,
+            "missing required header: :authority",
+            grpc,
+        ));
     };
     if hcm.strip_matching_host_port || hcm.strip_any_host_port {
         authority = strip_port(&authority, conn.local.port(), hcm.strip_any_host_port).to_string();
@@ -216,7 +242,12 @@ async fn route_and_forward(
             }
         },
     };
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
     let scheme = if conn.tls { "https" } else { "http" };
     let view = RequestView {
         authority: &authority,
@@ -238,7 +269,12 @@ async fn route_and_forward(
             .route
             .typed_per_filter_config
             .get(filter.name())
-            .or_else(|| selected.virtual_host.typed_per_filter_config.get(filter.name()));
+            .or_else(|| {
+                selected
+                    .virtual_host
+                    .typed_per_filter_config
+                    .get(filter.name())
+            });
         let per_route = match per_route.map(unwrap_per_route) {
             Some(Ok(PerRoute::Disabled)) => continue,
             Some(Ok(p)) => Some(p),
@@ -250,12 +286,21 @@ async fn route_and_forward(
         };
         match filter {
             HttpFilter::Fault { config, .. } => {
-                let route_cfg = per_route.as_ref().and_then(|p| per_route_any(p)).map(fault::FaultConfig::compile);
+                let route_cfg = per_route
+                    .as_ref()
+                    .and_then(|p| per_route_any(p))
+                    .map(fault::FaultConfig::compile);
                 let decision = match &route_cfg {
-                    Some(Ok(c)) => c.decide(&parts.headers, forward_cluster.as_deref(), (rand::random(), rand::random())),
-                    Some(Err(_)) | None => {
-                        config.decide(&parts.headers, forward_cluster.as_deref(), (rand::random(), rand::random()))
-                    }
+                    Some(Ok(c)) => c.decide(
+                        &parts.headers,
+                        forward_cluster.as_deref(),
+                        (rand::random(), rand::random()),
+                    ),
+                    Some(Err(_)) | None => config.decide(
+                        &parts.headers,
+                        forward_cluster.as_deref(),
+                        (rand::random(), rand::random()),
+                    ),
                 };
                 if let Some(delay) = decision.delay {
                     state.flags.set(Flag::DelayInjected);
@@ -264,7 +309,8 @@ async fn route_and_forward(
                 match decision.abort {
                     Some(fault::Abort::Http(code)) => {
                         state.flags.set(Flag::FaultInjected);
-                        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        let status =
+                            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                         return Err(local_reply::reply(status, "fault filter abort", grpc));
                     }
                     Some(fault::Abort::Grpc(code)) => {
@@ -275,8 +321,12 @@ async fn route_and_forward(
                 }
             }
             HttpFilter::Cors { .. } => {
-                let Some(policy_any) = per_route.as_ref().and_then(|p| per_route_any(p)) else { continue };
-                let Ok(policy) = cors::Cors::compile(policy_any) else { continue };
+                let Some(policy_any) = per_route.as_ref().and_then(|p| per_route_any(p)) else {
+                    continue;
+                };
+                let Ok(policy) = cors::Cors::compile(policy_any) else {
+                    continue;
+                };
                 match policy.evaluate(&parts.method, &parts.headers) {
                     cors::CorsAction::Pass => {}
                     cors::CorsAction::Preflight(h) => {
@@ -292,7 +342,8 @@ async fn route_and_forward(
                     // Per-route buckets need state kept with the route table; not yet.
                     tracing::debug!("per-route local rate limit not applied");
                 }
-                if config.check((rand::random(), rand::random())) == local_ratelimit::Verdict::Limit {
+                if config.check((rand::random(), rand::random())) == local_ratelimit::Verdict::Limit
+                {
                     state.flags.set(Flag::RateLimited);
                     let mut resp = local_reply::reply(config.status, "local_rate_limited", grpc);
                     for (k, v) in &config.response_headers {
@@ -306,11 +357,15 @@ async fn route_and_forward(
     }
 
     let mut resp = match &selected.route.action {
-        Action::Direct { status, body: direct_body } => {
+        Action::Direct {
+            status,
+            body: direct_body,
+        } => {
             let mut resp = match direct_body {
                 Some(b) => {
                     let mut r = Response::new(body::full(b.clone()));
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                     r
                 }
                 None => Response::new(body::empty()),
@@ -328,7 +383,14 @@ async fn route_and_forward(
             resp
         }
         Action::Forward(forward) => {
-            let ctx = router::Forwarding { conn, selected: &selected, table: &table, authority: &authority, forward, scheme };
+            let ctx = router::Forwarding {
+                conn,
+                selected: &selected,
+                table: &table,
+                authority: &authority,
+                forward,
+                scheme,
+            };
             match router::forward(ctx, parts, body, state).await {
                 Ok(r) | Err(r) => r,
             }

@@ -5,7 +5,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, filter_chain_match::ConnectionSourceType};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChainMatch, filter_chain_match::ConnectionSourceType,
+};
 
 /// What is known about a connection when a filter chain is chosen.
 #[derive(Debug, Default, Clone)]
@@ -26,7 +28,10 @@ struct Cidr {
 
 impl Cidr {
     fn parse(c: &CidrRange) -> Result<Self, String> {
-        let ip: IpAddr = c.address_prefix.parse().map_err(|_| format!("'{}' is not an IP address", c.address_prefix))?;
+        let ip: IpAddr = c
+            .address_prefix
+            .parse()
+            .map_err(|_| format!("'{}' is not an IP address", c.address_prefix))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = c.prefix_len.map(|v| v.value).unwrap_or(0);
         if len > max {
@@ -45,11 +50,19 @@ impl Cidr {
         };
         match (&self.ip, ip) {
             (IpAddr::V4(net), IpAddr::V4(a)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
                 u32::from(*net) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(a)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
                 u128::from(*net) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -79,29 +92,50 @@ fn cidrs(list: &[CidrRange], field: &str) -> Result<Vec<Cidr>, (String, String)>
 
 impl ChainMatch {
     pub fn compile(m: Option<&FilterChainMatch>) -> Result<Self, (String, String)> {
-        let Some(m) = m else { return Ok(Self::default()) };
+        let Some(m) = m else {
+            return Ok(Self::default());
+        };
         if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
             return Err(("address_suffix".into(), "not supported".into()));
         }
         let destination_port = match m.destination_port.map(|v| v.value) {
             None => None,
-            Some(p) => Some(u16::try_from(p).map_err(|_| ("destination_port".to_string(), format!("{p} is out of range")))?),
+            Some(p) => Some(u16::try_from(p).map_err(|_| {
+                (
+                    "destination_port".to_string(),
+                    format!("{p} is out of range"),
+                )
+            })?),
         };
         for (i, n) in m.server_names.iter().enumerate() {
             if n.contains('*') && !(n.starts_with("*.") && n.matches('*').count() == 1) {
-                return Err((format!("server_names[{i}]"), format!("'{n}': only a leading '*.' wildcard is allowed")));
+                return Err((
+                    format!("server_names[{i}]"),
+                    format!("'{n}': only a leading '*.' wildcard is allowed"),
+                ));
             }
         }
         Ok(Self {
             destination_port,
             prefix_ranges: cidrs(&m.prefix_ranges, "prefix_ranges")?,
-            server_names: m.server_names.iter().map(|s| s.to_ascii_lowercase()).collect(),
+            server_names: m
+                .server_names
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
             transport_protocol: Some(m.transport_protocol.clone()).filter(|s| !s.is_empty()),
             application_protocols: m.application_protocols.clone(),
-            direct_source_prefix_ranges: cidrs(&m.direct_source_prefix_ranges, "direct_source_prefix_ranges")?,
+            direct_source_prefix_ranges: cidrs(
+                &m.direct_source_prefix_ranges,
+                "direct_source_prefix_ranges",
+            )?,
             source_type: m.source_type,
             source_prefix_ranges: cidrs(&m.source_prefix_ranges, "source_prefix_ranges")?,
-            source_ports: m.source_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+            source_ports: m
+                .source_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
         })
     }
 
@@ -132,7 +166,11 @@ fn cidr_score(ranges: &[Cidr], ip: Option<IpAddr>) -> Option<i32> {
         return Some(-1);
     }
     let ip = ip?;
-    ranges.iter().filter(|c| c.contains(&ip)).map(|c| i32::from(c.len)).max()
+    ranges
+        .iter()
+        .filter(|c| c.contains(&ip))
+        .map(|c| i32::from(c.len))
+        .max()
 }
 
 fn server_name_score(names: &[String], sni: Option<&str>) -> Option<i32> {
@@ -155,13 +193,16 @@ fn server_name_score(names: &[String], sni: Option<&str>) -> Option<i32> {
     best
 }
 
+/// Scores one criterion of a chain: higher is more specific, `None` is no match.
+type Criterion<'a> = dyn Fn(&ChainMatch) -> Option<i32> + 'a;
+
 /// Picks the index of the matching chain among `chains`.
 pub fn select(chains: &[ChainMatch], facts: &ConnectionFacts) -> Option<usize> {
     let mut cands: Vec<(usize, &ChainMatch)> = chains.iter().enumerate().collect();
     let local_ip = facts.local.map(|a| a.ip());
     let remote_ip = facts.remote.map(|a| a.ip());
     let local_port = facts.local.map(|a| a.port());
-    let steps: [&dyn Fn(&ChainMatch) -> Option<i32>; 9] = [
+    let steps: [&Criterion<'_>; 9] = [
         &|c| match c.destination_port {
             None => Some(0),
             Some(p) => (Some(p) == local_port).then_some(1),
@@ -176,7 +217,10 @@ pub fn select(chains: &[ChainMatch], facts: &ConnectionFacts) -> Option<usize> {
             if c.application_protocols.is_empty() {
                 Some(0)
             } else {
-                c.application_protocols.iter().any(|p| facts.application_protocols.contains(p)).then_some(1)
+                c.application_protocols
+                    .iter()
+                    .any(|p| facts.application_protocols.contains(p))
+                    .then_some(1)
             }
         },
         &|c| cidr_score(&c.direct_source_prefix_ranges, remote_ip),
@@ -196,7 +240,10 @@ pub fn select(chains: &[ChainMatch], facts: &ConnectionFacts) -> Option<usize> {
             if c.source_ports.is_empty() {
                 Some(0)
             } else {
-                facts.remote.is_some_and(|r| c.source_ports.contains(&r.port())).then_some(1)
+                facts
+                    .remote
+                    .is_some_and(|r| c.source_ports.contains(&r.port()))
+                    .then_some(1)
             }
         },
     ];
@@ -231,15 +278,24 @@ mod tests {
 
     #[test]
     fn destination_port_beats_catch_all() {
-        let chains = vec![ChainMatch::default(), m(|p| p.destination_port = Some(UInt32Value { value: 9080 }))];
+        let chains = vec![
+            ChainMatch::default(),
+            m(|p| p.destination_port = Some(UInt32Value { value: 9080 })),
+        ];
         assert_eq!(select(&chains, &facts("10.0.0.1:9080", None)), Some(1));
         assert_eq!(select(&chains, &facts("10.0.0.1:8000", None)), Some(0));
     }
 
     #[test]
     fn longest_prefix_wins() {
-        let cidr = |a: &str, l: u32| CidrRange { address_prefix: a.into(), prefix_len: Some(UInt32Value { value: l }) };
-        let chains = vec![m(|p| p.prefix_ranges = vec![cidr("10.0.0.0", 8)]), m(|p| p.prefix_ranges = vec![cidr("10.0.0.0", 24)])];
+        let cidr = |a: &str, l: u32| CidrRange {
+            address_prefix: a.into(),
+            prefix_len: Some(UInt32Value { value: l }),
+        };
+        let chains = vec![
+            m(|p| p.prefix_ranges = vec![cidr("10.0.0.0", 8)]),
+            m(|p| p.prefix_ranges = vec![cidr("10.0.0.0", 24)]),
+        ];
         assert_eq!(select(&chains, &facts("10.0.0.1:80", None)), Some(1));
         assert_eq!(select(&chains, &facts("10.1.0.1:80", None)), Some(0));
         assert_eq!(select(&chains, &facts("192.168.0.1:80", None)), None);
@@ -252,9 +308,18 @@ mod tests {
             m(|p| p.server_names = vec!["api.example.com".into()]),
             ChainMatch::default(),
         ];
-        assert_eq!(select(&chains, &facts("10.0.0.1:443", Some("api.example.com"))), Some(1));
-        assert_eq!(select(&chains, &facts("10.0.0.1:443", Some("www.example.com"))), Some(0));
-        assert_eq!(select(&chains, &facts("10.0.0.1:443", Some("other.org"))), Some(2));
+        assert_eq!(
+            select(&chains, &facts("10.0.0.1:443", Some("api.example.com"))),
+            Some(1)
+        );
+        assert_eq!(
+            select(&chains, &facts("10.0.0.1:443", Some("www.example.com"))),
+            Some(0)
+        );
+        assert_eq!(
+            select(&chains, &facts("10.0.0.1:443", Some("other.org"))),
+            Some(2)
+        );
         assert_eq!(select(&chains, &facts("10.0.0.1:443", None)), Some(2));
     }
 

@@ -19,7 +19,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Peeks until the inspectors can decide, or the timeout passes (then what
 /// is known so far is used, as Envoy does with `continue_on_listener_filters_timeout`).
-pub async fn inspect(stream: &TcpStream, want_tls: bool, want_http: bool, timeout: Duration) -> Inspection {
+pub async fn inspect(
+    stream: &TcpStream,
+    want_tls: bool,
+    want_http: bool,
+    timeout: Duration,
+) -> Inspection {
     let mut buf = vec![0u8; MAX_PEEK];
     let mut result = Inspection::default();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -92,7 +97,11 @@ impl<'a> Reader<'a> {
         Some(u16::from(self.u8()?) << 8 | u16::from(self.u8()?))
     }
     fn u24(&mut self) -> Option<usize> {
-        Some((usize::from(self.u8()?) << 16) | (usize::from(self.u8()?) << 8) | usize::from(self.u8()?))
+        Some(
+            (usize::from(self.u8()?) << 16)
+                | (usize::from(self.u8()?) << 8)
+                | usize::from(self.u8()?),
+        )
     }
     fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.data.get(self.pos..self.pos + n)?;
@@ -122,7 +131,10 @@ fn parse_client_hello(data: &[u8]) -> Parse<Hello> {
     match parse_hello_body(&data[5..5 + record_len]) {
         Some(h) => Parse::Done(h),
         // A malformed hello is still TLS; the handshake will fail properly.
-        None => Parse::Done(Hello { server_name: None, alpn: vec![] }),
+        None => Parse::Done(Hello {
+            server_name: None,
+            alpn: vec![],
+        }),
     }
 }
 
@@ -141,8 +153,13 @@ fn parse_hello_body(data: &[u8]) -> Option<Hello> {
     r.bytes(suites)?;
     let comp = usize::from(r.u8()?);
     r.bytes(comp)?;
-    let mut hello = Hello { server_name: None, alpn: vec![] };
-    let Some(ext_len) = r.u16() else { return Some(hello) };
+    let mut hello = Hello {
+        server_name: None,
+        alpn: vec![],
+    };
+    let Some(ext_len) = r.u16() else {
+        return Some(hello);
+    };
     let exts = r.bytes(usize::from(ext_len))?;
     let mut r = Reader { data: exts, pos: 0 };
     while r.pos < exts.len() {
@@ -158,7 +175,8 @@ fn parse_hello_body(data: &[u8]) -> Option<Hello> {
                     let n = usize::from(e.u16()?);
                     let name = e.bytes(n)?;
                     if name_type == 0 {
-                        hello.server_name = std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
+                        hello.server_name =
+                            std::str::from_utf8(name).ok().map(str::to_ascii_lowercase);
                     }
                 }
             }
@@ -180,15 +198,26 @@ fn parse_hello_body(data: &[u8]) -> Option<Hello> {
 fn detect_http(data: &[u8]) -> Parse<&'static str> {
     let n = data.len().min(H2_PREFACE.len());
     if data[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { Parse::Done("h2c") } else { Parse::NeedMore };
+        return if n == H2_PREFACE.len() {
+            Parse::Done("h2c")
+        } else {
+            Parse::NeedMore
+        };
     }
     // Method token, space, target, space, "HTTP/1.x" before the first CRLF.
     let line_end = data.windows(2).position(|w| w == b"\r\n");
     let Some(end) = line_end else {
-        return if data.len() > 8192 { Parse::NotTls } else { Parse::NeedMore };
+        return if data.len() > 8192 {
+            Parse::NotTls
+        } else {
+            Parse::NeedMore
+        };
     };
     let line = &data[..end];
-    let method_ok = line.iter().take_while(|b| **b != b' ').all(|b| b.is_ascii_uppercase() || *b == b'-');
+    let method_ok = line
+        .iter()
+        .take_while(|b| **b != b' ')
+        .all(|b| b.is_ascii_uppercase() || *b == b'-');
     if method_ok && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
         Parse::Done("http/1.1")
     } else {
@@ -202,7 +231,10 @@ mod tests {
 
     #[test]
     fn detects_http1_and_h2c() {
-        assert!(matches!(detect_http(b"GET / HTTP/1.1\r\nHost: a\r\n"), Parse::Done("http/1.1")));
+        assert!(matches!(
+            detect_http(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parse::Done("http/1.1")
+        ));
         assert!(matches!(detect_http(H2_PREFACE), Parse::Done("h2c")));
         assert!(matches!(detect_http(b"PRI * HT"), Parse::NeedMore));
         assert!(matches!(detect_http(b"SSH-2.0-OpenSSH\r\n"), Parse::NotTls));
@@ -210,7 +242,10 @@ mod tests {
 
     #[test]
     fn truncated_record_needs_more() {
-        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 200, 1]), Parse::NeedMore));
+        assert!(matches!(
+            parse_client_hello(&[0x16, 3, 1, 0, 200, 1]),
+            Parse::NeedMore
+        ));
         assert!(matches!(parse_client_hello(b"GET /"), Parse::NotTls));
     }
 }

@@ -53,7 +53,11 @@ impl std::fmt::Debug for ListenerManager {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -68,13 +72,23 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 impl ListenerManager {
     pub fn new(snapshot: SharedSnapshot, drain_time: Duration) -> Self {
-        Self { snapshot, running: Mutex::new(HashMap::new()), handoff: Arc::default(), drain_time }
+        Self {
+            snapshot,
+            running: Mutex::new(HashMap::new()),
+            handoff: Arc::default(),
+            drain_time,
+        }
     }
 
     /// Names and configs of the active listeners, for admin output.
     pub fn active(&self) -> Vec<(Arc<ListenerConfig>, Arc<ListenerStats>)> {
-        let Ok(running) = self.running.lock() else { return vec![] };
-        let mut v: Vec<_> = running.values().map(|r| (Arc::clone(&r.current.load().config), Arc::clone(&r.stats))).collect();
+        let Ok(running) = self.running.lock() else {
+            return vec![];
+        };
+        let mut v: Vec<_> = running
+            .values()
+            .map(|r| (Arc::clone(&r.current.load().config), Arc::clone(&r.stats)))
+            .collect();
         v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         v
     }
@@ -83,9 +97,12 @@ impl ListenerManager {
     /// (the update is NACKed) and leave the running set unchanged for that
     /// listener.
     pub fn reconcile(&self, wanted: Vec<Arc<ListenerConfig>>) -> Result<(), String> {
-        let Ok(mut running) = self.running.lock() else { return Err("listener manager poisoned".into()) };
+        let Ok(mut running) = self.running.lock() else {
+            return Err("listener manager poisoned".into());
+        };
         let mut errors = Vec::new();
-        let wanted_names: std::collections::HashSet<String> = wanted.iter().map(|c| c.name.clone()).collect();
+        let wanted_names: std::collections::HashSet<String> =
+            wanted.iter().map(|c| c.name.clone()).collect();
         for name in running.keys().cloned().collect::<Vec<_>>() {
             if !wanted_names.contains(&name)
                 && let Some(r) = running.remove(&name)
@@ -105,7 +122,10 @@ impl ListenerManager {
                     // Same socket, new configuration: new connections use it,
                     // old ones drain.
                     let (signal, watch) = drain::channel();
-                    let old = r.current.swap(Arc::new(Generation { config, drain: watch }));
+                    let old = r.current.swap(Arc::new(Generation {
+                        config,
+                        drain: watch,
+                    }));
                     drop(old);
                     if let Some(r) = running.get_mut(&name) {
                         let old_signal = std::mem::replace(&mut r.signal, signal);
@@ -120,7 +140,10 @@ impl ListenerManager {
                         }
                         tracing::info!(listener = %name, address = %config.address, "listener started");
                     }
-                    Err(e) => errors.push(format!("listener '{name}': cannot bind {}: {e}", config.address)),
+                    Err(e) => errors.push(format!(
+                        "listener '{name}': cannot bind {}: {e}",
+                        config.address
+                    )),
                 },
             }
         }
@@ -129,12 +152,19 @@ impl ListenerManager {
             .map(|r| (r.current.load().config.address, Arc::clone(&r.current)))
             .collect();
         self.handoff.store(Arc::new(handoff));
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     fn start(&self, config: Arc<ListenerConfig>) -> std::io::Result<Running> {
         let (signal, watch) = drain::channel();
-        let current = Arc::new(ArcSwap::from_pointee(Generation { config: Arc::clone(&config), drain: watch }));
+        let current = Arc::new(ArcSwap::from_pointee(Generation {
+            config: Arc::clone(&config),
+            drain: watch,
+        }));
         let stats = Arc::new(ListenerStats::default());
         let accept_task = if config.bind_to_port {
             let listener = bind(config.address)?;
@@ -142,11 +172,18 @@ impl ListenerManager {
             let snapshot = Arc::clone(&self.snapshot);
             let handoff = Arc::clone(&self.handoff);
             let stats = Arc::clone(&stats);
-            Some(tokio::spawn(accept_loop(listener, current, snapshot, handoff, stats)))
+            Some(tokio::spawn(accept_loop(
+                listener, current, snapshot, handoff, stats,
+            )))
         } else {
             None
         };
-        Ok(Running { current, signal, accept_task, stats })
+        Ok(Running {
+            current,
+            signal,
+            accept_task,
+            stats,
+        })
     }
 
     fn retire(&self, r: Running) {
@@ -227,7 +264,11 @@ fn handoff_target(handoff: &Handoff, dst: SocketAddr) -> Option<Arc<Generation>>
     if let Some(g) = handoff.get(&dst) {
         return Some(g.load_full());
     }
-    let any: SocketAddr = if dst.is_ipv4() { ([0, 0, 0, 0], dst.port()).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, dst.port()).into() };
+    let any: SocketAddr = if dst.is_ipv4() {
+        ([0, 0, 0, 0], dst.port()).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, dst.port()).into()
+    };
     handoff.get(&any).map(|g| g.load_full())
 }
 
@@ -238,7 +279,9 @@ async fn handle_connection(
     snapshot: SharedSnapshot,
     handoff: &Handoff,
 ) {
-    let Ok(mut local) = stream.local_addr() else { return };
+    let Ok(mut local) = stream.local_addr() else {
+        return;
+    };
     let mut original = None;
     if generation.config.use_original_dst || generation.config.original_dst_filter {
         if let Some(dst) = original_dst::original_dst(&stream) {
@@ -255,7 +298,13 @@ async fn handle_connection(
     }
     let config = &generation.config;
     let inspection = if config.tls_inspector || config.http_inspector {
-        inspect::inspect(&stream, config.tls_inspector, config.http_inspector, config.inspect_timeout).await
+        inspect::inspect(
+            &stream,
+            config.tls_inspector,
+            config.http_inspector,
+            config.inspect_timeout,
+        )
+        .await
     } else {
         inspect::Inspection::default()
     };
@@ -281,9 +330,31 @@ async fn handle_connection(
                     return;
                 }
             };
-            run_terminal(tls_stream, &chain.terminal, remote, local, true, snapshot, drain, original).await;
+            run_terminal(
+                tls_stream,
+                &chain.terminal,
+                remote,
+                local,
+                true,
+                snapshot,
+                drain,
+                original,
+            )
+            .await;
         }
-        None => run_terminal(stream, &chain.terminal, remote, local, false, snapshot, drain, original).await,
+        None => {
+            run_terminal(
+                stream,
+                &chain.terminal,
+                remote,
+                local,
+                false,
+                snapshot,
+                drain,
+                original,
+            )
+            .await
+        }
     }
 }
 
@@ -302,7 +373,13 @@ async fn run_terminal<IO>(
 {
     match terminal {
         Terminal::Http(hcm) => {
-            let info = Arc::new(ConnInfo { remote, local, tls, hcm: Arc::clone(hcm), snapshot });
+            let info = Arc::new(ConnInfo {
+                remote,
+                local,
+                tls,
+                hcm: Arc::clone(hcm),
+                snapshot,
+            });
             serve_connection(io, info, drain).await;
         }
         Terminal::Tcp(tcp) => {

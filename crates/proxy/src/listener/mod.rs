@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::transport_socket;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter, listener_filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, Listener, filter, listener_filter,
+};
 
 pub use manager::ListenerManager;
 
@@ -68,15 +70,24 @@ pub struct Dependencies {
 impl ListenerConfig {
     /// Compiles a listener. `Ok(Err(missing))` means the listener is valid but
     /// waits for an SDS secret.
-    pub fn compile(proto: &Listener, secrets: &Secrets) -> Result<Result<Self, String>, ConfigError> {
+    pub fn compile(
+        proto: &Listener,
+        secrets: &Secrets,
+    ) -> Result<Result<Self, String>, ConfigError> {
         let scope = ErrorScope::new("listener", &proto.name);
         if proto.name.is_empty() {
             return Err(scope.err("name", "must not be empty"));
         }
-        let address = proto.address.as_ref().ok_or_else(|| scope.err("address", "is required"))?;
+        let address = proto
+            .address
+            .as_ref()
+            .ok_or_else(|| scope.err("address", "is required"))?;
         let address = addr::listen_addr(address).map_err(|m| scope.err("address", m))?;
         if proto.filter_chain_matcher.is_some() {
-            return Err(scope.err("filter_chain_matcher", "the unified matcher API is not supported; use filter_chain_match"));
+            return Err(scope.err(
+                "filter_chain_matcher",
+                "the unified matcher API is not supported; use filter_chain_match",
+            ));
         }
         let mut tls_inspector = false;
         let mut http_inspector = false;
@@ -84,23 +95,34 @@ impl ListenerConfig {
         for (i, lf) in proto.listener_filters.iter().enumerate() {
             let field = format!("listener_filters[{i}]");
             let type_url = match &lf.config_type {
-                Some(listener_filter::ConfigType::TypedConfig(any)) => any.type_url.rsplit('/').next().unwrap_or(""),
+                Some(listener_filter::ConfigType::TypedConfig(any)) => {
+                    any.type_url.rsplit('/').next().unwrap_or("")
+                }
                 _ => return Err(scope.err(format!("{field}.typed_config"), "is required")),
             };
             match type_url {
                 TLS_INSPECTOR => tls_inspector = true,
                 HTTP_INSPECTOR => http_inspector = true,
                 ORIGINAL_DST => original_dst_filter = true,
-                other => return Err(scope.err(format!("{field}.typed_config"), format!("unsupported listener filter type '{other}'"))),
+                other => {
+                    return Err(scope.err(
+                        format!("{field}.typed_config"),
+                        format!("unsupported listener filter type '{other}'"),
+                    ));
+                }
             }
         }
         let mut chains = Vec::with_capacity(proto.filter_chains.len());
         let mut seen_matches: Vec<Vec<u8>> = Vec::new();
         for (i, fc) in proto.filter_chains.iter().enumerate() {
             let field = format!("filter_chains[{i}]");
-            let key = prost::Message::encode_to_vec(&fc.filter_chain_match.clone().unwrap_or_default());
+            let key =
+                prost::Message::encode_to_vec(&fc.filter_chain_match.clone().unwrap_or_default());
             if seen_matches.contains(&key) {
-                return Err(scope.err(format!("{field}.filter_chain_match"), "multiple filter chains with the same matching rules are defined"));
+                return Err(scope.err(
+                    format!("{field}.filter_chain_match"),
+                    "multiple filter chains with the same matching rules are defined",
+                ));
             }
             seen_matches.push(key);
             match compile_chain(fc, &scope, &field, secrets)? {
@@ -127,7 +149,10 @@ impl ListenerConfig {
             tls_inspector,
             http_inspector,
             original_dst_filter,
-            inspect_timeout: duration_or(proto.listener_filters_timeout.as_ref(), Duration::from_secs(15)),
+            inspect_timeout: duration_or(
+                proto.listener_filters_timeout.as_ref(),
+                Duration::from_secs(15),
+            ),
             chains,
             matchers,
             default_chain,
@@ -138,7 +163,10 @@ impl ListenerConfig {
     /// RDS names and SDS secrets this listener needs before it can serve.
     pub fn dependencies(proto: &Listener) -> Dependencies {
         let mut deps = Dependencies::default();
-        let all = proto.filter_chains.iter().chain(proto.default_filter_chain.iter());
+        let all = proto
+            .filter_chains
+            .iter()
+            .chain(proto.default_filter_chain.iter());
         for fc in all {
             for f in &fc.filters {
                 if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
@@ -183,20 +211,37 @@ fn compile_chain(
     let tls = match &fc.transport_socket {
         None => None,
         Some(ts) => match &ts.config_type {
-            Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == tls::DOWNSTREAM_TLS_CONTEXT => {
+            Some(transport_socket::ConfigType::TypedConfig(any))
+                if any.type_url == tls::DOWNSTREAM_TLS_CONTEXT =>
+            {
                 match tls::server_config(any, secrets) {
                     Ok(c) => Some(c),
                     Err(TlsError::MissingSecret(name)) => return Ok(Err(name)),
                     Err(TlsError::Invalid { field: f, message }) => {
-                        return Err(scope.err(format!("{field}.transport_socket.typed_config.{f}"), message));
+                        return Err(scope.err(
+                            format!("{field}.transport_socket.typed_config.{f}"),
+                            message,
+                        ));
                     }
                 }
             }
-            Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == tls::RAW_BUFFER => None,
-            Some(transport_socket::ConfigType::TypedConfig(any)) => {
-                return Err(scope.err(format!("{field}.transport_socket"), format!("unsupported transport socket '{}'", any.type_url)));
+            Some(transport_socket::ConfigType::TypedConfig(any))
+                if any.type_url == tls::RAW_BUFFER =>
+            {
+                None
             }
-            None => return Err(scope.err(format!("{field}.transport_socket.typed_config"), "is required")),
+            Some(transport_socket::ConfigType::TypedConfig(any)) => {
+                return Err(scope.err(
+                    format!("{field}.transport_socket"),
+                    format!("unsupported transport socket '{}'", any.type_url),
+                ));
+            }
+            None => {
+                return Err(scope.err(
+                    format!("{field}.transport_socket.typed_config"),
+                    "is required",
+                ));
+            }
         },
     };
     let mut terminal = None;
@@ -210,11 +255,37 @@ fn compile_chain(
             return Err(scope.err(&ffield, "no filter may follow a terminal filter"));
         }
         terminal = Some(match any.type_url.as_str() {
-            crate::http::hcm::TYPE_URL => Terminal::Http(Arc::new(HcmConfig::compile(any, scope, &format!("{ffield}.typed_config"))?)),
-            crate::tcp_proxy::TYPE_URL => Terminal::Tcp(Arc::new(TcpProxy::compile(any, scope, &format!("{ffield}.typed_config"))?)),
-            other => return Err(scope.err(format!("{ffield}.typed_config"), format!("unsupported network filter type '{other}' (filter '{}')", f.name))),
+            crate::http::hcm::TYPE_URL => Terminal::Http(Arc::new(HcmConfig::compile(
+                any,
+                scope,
+                &format!("{ffield}.typed_config"),
+            )?)),
+            crate::tcp_proxy::TYPE_URL => Terminal::Tcp(Arc::new(TcpProxy::compile(
+                any,
+                scope,
+                &format!("{ffield}.typed_config"),
+            )?)),
+            other => {
+                return Err(scope.err(
+                    format!("{ffield}.typed_config"),
+                    format!(
+                        "unsupported network filter type '{other}' (filter '{}')",
+                        f.name
+                    ),
+                ));
+            }
         });
     }
-    let terminal = terminal.ok_or_else(|| scope.err(format!("{field}.filters"), "a terminal filter (http_connection_manager or tcp_proxy) is required"))?;
-    Ok(Ok(CompiledChain { name: fc.name.clone(), matcher, tls, terminal }))
+    let terminal = terminal.ok_or_else(|| {
+        scope.err(
+            format!("{field}.filters"),
+            "a terminal filter (http_connection_manager or tcp_proxy) is required",
+        )
+    })?;
+    Ok(Ok(CompiledChain {
+        name: fc.name.clone(),
+        matcher,
+        tls,
+        terminal,
+    }))
 }

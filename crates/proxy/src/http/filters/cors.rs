@@ -34,17 +34,22 @@ fn opt_value(s: &str) -> Result<Option<HeaderValue>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    HeaderValue::from_str(s).map(Some).map_err(|_| format!("'{s}' is not a valid header value"))
+    HeaderValue::from_str(s)
+        .map(Some)
+        .map_err(|_| format!("'{s}' is not a valid header value"))
 }
 
 impl Cors {
     pub fn compile(any: &Any) -> Result<Self, String> {
-        let p = CorsPolicy::decode(any.value.as_slice()).map_err(|e| format!("invalid CorsPolicy: {e}"))?;
+        let p = CorsPolicy::decode(any.value.as_slice())
+            .map_err(|e| format!("invalid CorsPolicy: {e}"))?;
         let origins = p
             .allow_origin_string_match
             .iter()
             .enumerate()
-            .map(|(i, m)| StringMatch::compile(m).map_err(|e| format!("allow_origin_string_match[{i}]: {e}")))
+            .map(|(i, m)| {
+                StringMatch::compile(m).map_err(|e| format!("allow_origin_string_match[{i}]: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             origins,
@@ -53,14 +58,22 @@ impl Cors {
             expose_headers: opt_value(&p.expose_headers)?,
             max_age: opt_value(&p.max_age)?,
             allow_credentials: p.allow_credentials.map(|b| b.value).unwrap_or(false),
-            forward_not_matching_preflights: p.forward_not_matching_preflights.map(|b| b.value).unwrap_or(true),
+            forward_not_matching_preflights: p
+                .forward_not_matching_preflights
+                .map(|b| b.value)
+                .unwrap_or(true),
         })
     }
 
     pub fn evaluate(&self, method: &Method, headers: &HeaderMap) -> CorsAction {
-        let Some(origin) = headers.get(header::ORIGIN) else { return CorsAction::Pass };
-        let Ok(origin_str) = origin.to_str() else { return CorsAction::Pass };
-        let preflight = method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return CorsAction::Pass;
+        };
+        let Ok(origin_str) = origin.to_str() else {
+            return CorsAction::Pass;
+        };
+        let preflight = method == Method::OPTIONS
+            && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         let allowed = self.origins.iter().any(|m| m.matches(origin_str));
         if !allowed {
             if preflight && !self.forward_not_matching_preflights {
@@ -71,7 +84,10 @@ impl Cors {
         let mut out = HeaderMap::new();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if self.allow_credentials {
-            out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if preflight {
             if let Some(v) = &self.allow_methods {

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort::ErrorType};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    HttpFault, fault_abort::ErrorType,
+};
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::google::protobuf::Any;
 use http::HeaderMap;
@@ -56,7 +58,8 @@ pub enum Abort {
 
 impl FaultConfig {
     pub fn compile(any: &Any) -> Result<Self, String> {
-        let f = HttpFault::decode(any.value.as_slice()).map_err(|e| format!("invalid HTTPFault: {e}"))?;
+        let f = HttpFault::decode(any.value.as_slice())
+            .map_err(|e| format!("invalid HTTPFault: {e}"))?;
         if !f.headers.is_empty() {
             return Err("headers: fault header matchers are not supported yet".into());
         }
@@ -86,38 +89,66 @@ impl FaultConfig {
                     }
                     Some(ErrorType::GrpcStatus(s)) => AbortSource::Grpc(s),
                     Some(ErrorType::HeaderAbort(_)) => AbortSource::Header,
-                    None => return Err("abort: http_status, grpc_status or header_abort is required".into()),
+                    None => {
+                        return Err(
+                            "abort: http_status, grpc_status or header_abort is required".into(),
+                        );
+                    }
                 };
                 Some((src, a.percentage))
             }
         };
-        Ok(Self { delay, abort, upstream_cluster: f.upstream_cluster, downstream_nodes: f.downstream_nodes })
+        Ok(Self {
+            delay,
+            abort,
+            upstream_cluster: f.upstream_cluster,
+            downstream_nodes: f.downstream_nodes,
+        })
     }
 
     /// Decides the fault for a request going to `cluster`. `random` draws are
     /// independent for delay and abort, as in Envoy.
-    pub fn decide(&self, headers: &HeaderMap, cluster: Option<&str>, random: (u64, u64)) -> FaultDecision {
+    pub fn decide(
+        &self,
+        headers: &HeaderMap,
+        cluster: Option<&str>,
+        random: (u64, u64),
+    ) -> FaultDecision {
         let mut decision = FaultDecision::default();
         if !self.upstream_cluster.is_empty() && cluster != Some(self.upstream_cluster.as_str()) {
             return decision;
         }
         if !self.downstream_nodes.is_empty() {
-            let node = headers.get(DOWNSTREAM_NODE_HEADER).and_then(|v| v.to_str().ok());
+            let node = headers
+                .get(DOWNSTREAM_NODE_HEADER)
+                .and_then(|v| v.to_str().ok());
             if !node.is_some_and(|n| self.downstream_nodes.iter().any(|d| d == n)) {
                 return decision;
             }
         }
         if let Some((src, pct)) = &self.delay {
-            let pct = effective_percent(pct.as_ref(), matches!(src, DelaySource::Header), headers, DELAY_PERCENT_HEADER);
+            let pct = effective_percent(
+                pct.as_ref(),
+                matches!(src, DelaySource::Header),
+                headers,
+                DELAY_PERCENT_HEADER,
+            );
             if fraction_hits(pct.as_ref(), 0, random.0) {
                 decision.delay = match src {
                     DelaySource::Fixed(d) => Some(*d),
-                    DelaySource::Header => header_u64(headers, DELAY_HEADER).map(Duration::from_millis),
+                    DelaySource::Header => {
+                        header_u64(headers, DELAY_HEADER).map(Duration::from_millis)
+                    }
                 };
             }
         }
         if let Some((src, pct)) = &self.abort {
-            let pct = effective_percent(pct.as_ref(), matches!(src, AbortSource::Header), headers, ABORT_PERCENT_HEADER);
+            let pct = effective_percent(
+                pct.as_ref(),
+                matches!(src, AbortSource::Header),
+                headers,
+                ABORT_PERCENT_HEADER,
+            );
             if fraction_hits(pct.as_ref(), 0, random.1) {
                 decision.abort = match src {
                     AbortSource::Http(s) => Some(Abort::Http(*s)),
@@ -139,8 +170,11 @@ fn effective_percent(
     header: &str,
 ) -> Option<FractionalPercent> {
     let base = match configured {
-        Some(p) => p.clone(),
-        None if header_controlled => FractionalPercent { numerator: 100, denominator: 0 },
+        Some(p) => *p,
+        None if header_controlled => FractionalPercent {
+            numerator: 100,
+            denominator: 0,
+        },
         None => return None,
     };
     if !header_controlled {
@@ -149,7 +183,10 @@ fn effective_percent(
     match header_u64(headers, header) {
         Some(n) => {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
-            Some(FractionalPercent { numerator: n.min(base.numerator), denominator: base.denominator })
+            Some(FractionalPercent {
+                numerator: n.min(base.numerator),
+                denominator: base.denominator,
+            })
         }
         None => Some(base),
     }
@@ -165,5 +202,7 @@ fn header_abort(headers: &HeaderMap) -> Option<Abort> {
     {
         return Some(Abort::Http(s as u16));
     }
-    header_u64(headers, ABORT_GRPC_HEADER).and_then(|s| u32::try_from(s).ok()).map(Abort::Grpc)
+    header_u64(headers, ABORT_GRPC_HEADER)
+        .and_then(|s| u32::try_from(s).ok())
+        .map(Abort::Grpc)
 }

@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as Proto;
 use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as Proto;
 use envoy_types::pb::google::protobuf::Any;
 use http::{HeaderName, HeaderValue};
 use prost::Message;
@@ -61,9 +61,12 @@ pub enum Verdict {
 
 impl LocalRateLimit {
     pub fn compile(any: &Any) -> Result<Self, String> {
-        let p = Proto::decode(any.value.as_slice()).map_err(|e| format!("invalid LocalRateLimit: {e}"))?;
+        let p = Proto::decode(any.value.as_slice())
+            .map_err(|e| format!("invalid LocalRateLimit: {e}"))?;
         if !p.descriptors.is_empty() || !p.rate_limits.is_empty() {
-            return Err("descriptors: descriptor-based local rate limits are not supported yet".into());
+            return Err(
+                "descriptors: descriptor-based local rate limits are not supported yet".into(),
+            );
         }
         let bucket = match p.token_bucket {
             None => None,
@@ -91,28 +94,51 @@ impl LocalRateLimit {
         let mut response_headers = Vec::new();
         for (i, h) in p.response_headers_to_add.iter().enumerate() {
             let Some(hv) = &h.header else { continue };
-            let name = HeaderName::from_bytes(hv.key.as_bytes())
-                .map_err(|_| format!("response_headers_to_add[{i}].header.key: invalid header name"))?;
-            let value = HeaderValue::from_str(&hv.value)
-                .map_err(|_| format!("response_headers_to_add[{i}].header.value: invalid header value"))?;
+            let name = HeaderName::from_bytes(hv.key.as_bytes()).map_err(|_| {
+                format!("response_headers_to_add[{i}].header.key: invalid header name")
+            })?;
+            let value = HeaderValue::from_str(&hv.value).map_err(|_| {
+                format!("response_headers_to_add[{i}].header.value: invalid header value")
+            })?;
             response_headers.push((name, value));
         }
-        Ok(Self { bucket, enabled: p.filter_enabled, enforced: p.filter_enforced, status, response_headers })
+        Ok(Self {
+            bucket,
+            enabled: p.filter_enabled,
+            enforced: p.filter_enforced,
+            status,
+            response_headers,
+        })
     }
 
     /// Envoy's defaults: with `filter_enabled` unset the filter does nothing;
     /// with `filter_enforced` unset an over-limit request is only counted.
     pub fn check(&self, random: (u64, u64)) -> Verdict {
-        let enabled = self.enabled.as_ref().is_some_and(|e| fraction_hits(e.default_value.as_ref(), 0, random.0));
-        let Some(bucket) = &self.bucket else { return Verdict::Allow };
+        let enabled = self
+            .enabled
+            .as_ref()
+            .is_some_and(|e| fraction_hits(e.default_value.as_ref(), 0, random.0));
+        let Some(bucket) = &self.bucket else {
+            return Verdict::Allow;
+        };
         if !enabled {
             return Verdict::Allow;
         }
-        let took = bucket.lock().map(|mut b| b.try_take(Instant::now())).unwrap_or(true);
+        let took = bucket
+            .lock()
+            .map(|mut b| b.try_take(Instant::now()))
+            .unwrap_or(true);
         if took {
             return Verdict::Allow;
         }
-        let enforced = self.enforced.as_ref().is_some_and(|e| fraction_hits(e.default_value.as_ref(), 0, random.1));
-        if enforced { Verdict::Limit } else { Verdict::Shadow }
+        let enforced = self
+            .enforced
+            .as_ref()
+            .is_some_and(|e| fraction_hits(e.default_value.as_ref(), 0, random.1));
+        if enforced {
+            Verdict::Limit
+        } else {
+            Verdict::Shadow
+        }
     }
 }

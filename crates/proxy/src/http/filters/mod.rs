@@ -30,16 +30,26 @@ pub struct RouterConfig {
 
 #[derive(Debug)]
 pub enum HttpFilter {
-    Fault { name: String, config: Arc<fault::FaultConfig> },
-    Cors { name: String },
-    LocalRateLimit { name: String, config: Arc<local_ratelimit::LocalRateLimit> },
+    Fault {
+        name: String,
+        config: Arc<fault::FaultConfig>,
+    },
+    Cors {
+        name: String,
+    },
+    LocalRateLimit {
+        name: String,
+        config: Arc<local_ratelimit::LocalRateLimit>,
+    },
     Router(RouterConfig),
 }
 
 impl HttpFilter {
     pub fn name(&self) -> &str {
         match self {
-            Self::Fault { name, .. } | Self::Cors { name } | Self::LocalRateLimit { name, .. } => name,
+            Self::Fault { name, .. } | Self::Cors { name } | Self::LocalRateLimit { name, .. } => {
+                name
+            }
             Self::Router(_) => "envoy.filters.http.router",
         }
     }
@@ -56,46 +66,83 @@ pub fn compile_chain(
         let any = match &f.config_type {
             Some(http_filter::ConfigType::TypedConfig(any)) => any,
             Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
-                return Err(scope.err(format!("{field}.config_discovery"), "extension config discovery is not supported"));
+                return Err(scope.err(
+                    format!("{field}.config_discovery"),
+                    "extension config discovery is not supported",
+                ));
             }
-            None => return Err(scope.err(format!("{field}.typed_config"), format!("filter '{}' has no typed_config", f.name))),
+            None => {
+                return Err(scope.err(
+                    format!("{field}.typed_config"),
+                    format!("filter '{}' has no typed_config", f.name),
+                ));
+            }
         };
         if f.disabled {
             // Disabled by default and enabled per route: not supported yet, and
             // skipping it silently would change behaviour.
-            return Err(scope.err(format!("{field}.disabled"), "filters disabled by default are not supported"));
+            return Err(scope.err(
+                format!("{field}.disabled"),
+                "filters disabled by default are not supported",
+            ));
         }
         let type_url = any.type_url.as_str();
         let typed_field = format!("{field}.typed_config");
         let filter = match type_url.rsplit('/').next().unwrap_or("") {
             "envoy.extensions.filters.http.router.v3.Router" => {
-                let r = Router::decode(any.value.as_slice()).map_err(|e| scope.err(&typed_field, e.to_string()))?;
-                HttpFilter::Router(RouterConfig { suppress_envoy_headers: r.suppress_envoy_headers })
+                let r = Router::decode(any.value.as_slice())
+                    .map_err(|e| scope.err(&typed_field, e.to_string()))?;
+                HttpFilter::Router(RouterConfig {
+                    suppress_envoy_headers: r.suppress_envoy_headers,
+                })
             }
             "envoy.extensions.filters.http.fault.v3.HTTPFault" => HttpFilter::Fault {
                 name: f.name.clone(),
-                config: Arc::new(fault::FaultConfig::compile(any).map_err(|m| scope.err(&typed_field, m))?),
+                config: Arc::new(
+                    fault::FaultConfig::compile(any).map_err(|m| scope.err(&typed_field, m))?,
+                ),
             },
-            "envoy.extensions.filters.http.cors.v3.Cors" => HttpFilter::Cors { name: f.name.clone() },
-            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => HttpFilter::LocalRateLimit {
+            "envoy.extensions.filters.http.cors.v3.Cors" => HttpFilter::Cors {
                 name: f.name.clone(),
-                config: Arc::new(local_ratelimit::LocalRateLimit::compile(any).map_err(|m| scope.err(&typed_field, m))?),
             },
+            "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => {
+                HttpFilter::LocalRateLimit {
+                    name: f.name.clone(),
+                    config: Arc::new(
+                        local_ratelimit::LocalRateLimit::compile(any)
+                            .map_err(|m| scope.err(&typed_field, m))?,
+                    ),
+                }
+            }
             _ if f.is_optional => {
                 tracing::warn!(filter = %f.name, type_url, "skipping optional HTTP filter of an unsupported type");
                 continue;
             }
             _ => {
-                return Err(scope.err(typed_field, format!("unsupported HTTP filter type '{type_url}' (filter '{}')", f.name)));
+                return Err(scope.err(
+                    typed_field,
+                    format!(
+                        "unsupported HTTP filter type '{type_url}' (filter '{}')",
+                        f.name
+                    ),
+                ));
             }
         };
         chain.push(filter);
     }
     match chain.last() {
         Some(HttpFilter::Router(_)) => {}
-        _ => return Err(scope.err(field, "the last HTTP filter must be the router (envoy.filters.http.router)")),
+        _ => {
+            return Err(scope.err(
+                field,
+                "the last HTTP filter must be the router (envoy.filters.http.router)",
+            ));
+        }
     }
-    if chain[..chain.len() - 1].iter().any(|f| matches!(f, HttpFilter::Router(_))) {
+    if chain[..chain.len() - 1]
+        .iter()
+        .any(|f| matches!(f, HttpFilter::Router(_)))
+    {
         return Err(scope.err(field, "the router must be the only terminal filter"));
     }
     Ok(chain)
