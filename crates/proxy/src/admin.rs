@@ -96,7 +96,13 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             "uptime_current_epoch": format!("{}s", state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0)),
             "node": proto_json(state.bootstrap.node.clone().unwrap_or_default()),
         })),
-        "/config_dump" => json_response(&config_dump(state)),
+        "/config_dump" => {
+            let dump = config_dump(state);
+            let resp = json_response(&dump);
+            drop(dump);
+            crate::memory::trim();
+            resp
+        }
         "/stats" => text(StatusCode::OK, stats_text(state)),
         "/stats/prometheus" => text(StatusCode::OK, stats_prometheus(state)),
         "/clusters" => text(StatusCode::OK, clusters_text(state)),

@@ -41,7 +41,11 @@ fn field(field: &str, message: impl Into<String>) -> BootstrapError {
 }
 
 pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
-    xds::codec::bootstrap_from_path(path).map_err(|e| BootstrapError::Read(e.to_string()))
+    let result =
+        xds::codec::bootstrap_from_path(path).map_err(|e| BootstrapError::Read(e.to_string()));
+    // The descriptors are needed again only for /config_dump.
+    crate::memory::trim();
+    result
 }
 
 /// The admin listener address, when the bootstrap asks for one.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod matcher;
+mod memory;
 pub mod snapshot;
 pub mod store;
 pub mod tcp_proxy;
