@@ -7,7 +7,7 @@
 
 /// Returns free heap pages to the kernel.
 #[allow(unsafe_code)]
-pub fn trim() {
+pub(crate) fn trim() {
     xds::descriptors::release();
     // SAFETY: malloc_trim only inspects and releases the allocator's own free
     // pages; it takes no pointers from us and is thread-safe in glibc.
