@@ -37,29 +37,8 @@ pub async fn inspect(
         if n == 0 {
             return result;
         }
-        let data = &buf[..n];
-        let mut done = true;
-        if want_tls {
-            match parse_client_hello(data) {
-                Parse::Done(hello) => {
-                    result.tls = true;
-                    result.server_name = hello.server_name;
-                    result.alpn = hello.alpn;
-                    return result;
-                }
-                Parse::NeedMore => done = false,
-                Parse::NotTls => {}
-            }
-        }
-        if want_http && !result.tls {
-            match detect_http(data) {
-                Parse::Done(proto) => {
-                    result.alpn = vec![proto.to_string()];
-                }
-                Parse::NeedMore => done = false,
-                Parse::NotTls => {}
-            }
-        }
+        let (sniffed, done) = sniff(&buf[..n], want_tls, want_http);
+        result = sniffed;
         if done || n == buf.len() {
             return result;
         }
@@ -69,6 +48,33 @@ pub async fn inspect(
         }
         last_len = n;
     }
+}
+
+/// Inspects the bytes seen so far. Returns what is known and whether the
+/// inspectors are done (false: more bytes could change the answer).
+pub fn sniff(data: &[u8], want_tls: bool, want_http: bool) -> (Inspection, bool) {
+    let mut result = Inspection::default();
+    let mut done = true;
+    if want_tls {
+        match parse_client_hello(data) {
+            Parse::Done(hello) => {
+                result.tls = true;
+                result.server_name = hello.server_name;
+                result.alpn = hello.alpn;
+                return (result, true);
+            }
+            Parse::NeedMore => done = false,
+            Parse::NotTls => {}
+        }
+    }
+    if want_http {
+        match detect_http(data) {
+            Parse::Done(proto) => result.alpn = vec![proto.to_string()],
+            Parse::NeedMore => done = false,
+            Parse::NotTls => {}
+        }
+    }
+    (result, done)
 }
 
 enum Parse<T> {
