@@ -56,9 +56,20 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
     let request_id = prepare_request(&conn, &mut parts.headers);
-    let mut resp = match route_and_forward(&conn, &mut parts, body, &mut state).await {
-        Ok(resp) => resp,
-        Err(resp) => resp,
+    // The stream idles out while it waits for response headers: Envoy then
+    // answers 504 "stream timeout" (the request itself has been received;
+    // `request_timeout` only bounds receiving it, which hyper does).
+    let work = route_and_forward(&conn, &mut parts, body, &mut state);
+    let outcome = match hcm.stream_idle_timeout {
+        None => Some(work.await),
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+    };
+    let mut resp = match outcome {
+        Some(Ok(resp) | Err(resp)) => resp,
+        None => {
+            state.flags.set(Flag::StreamIdleTimeout);
+            local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "stream timeout", state.grpc)
+        }
     };
     finish_response(&hcm, &mut resp, request_id.as_ref());
     tracing::debug!(
