@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -71,13 +72,20 @@ pub struct ProxySyncStatus {
 struct CacheState {
     default: Option<Arc<Snapshot>>,
     nodes: HashMap<String, Arc<Snapshot>>,
+    /// The `Node` each proxy last identified itself with (metadata included).
+    node_info: BTreeMap<String, Node>,
     status: BTreeMap<String, ProxySyncStatus>,
     open_streams: HashMap<String, usize>,
 }
 
 /// Snapshots per node id plus the sync status of every proxy seen.
+/// Called when a proxy opens a stream, before anything is sent to it, so the
+/// caller can install that node's snapshot from its metadata.
+pub type ConnectHook = Box<dyn Fn(&Node) + Send + Sync>;
+
 pub struct SnapshotCache {
     state: Mutex<CacheState>,
+    connect_hook: std::sync::OnceLock<ConnectHook>,
     /// Bumped on every snapshot change; each stream re-evaluates what to send.
     /// One shared signal keeps the cache simple; streams whose snapshot did
     /// not change find nothing new and stay quiet.
@@ -90,6 +98,7 @@ impl SnapshotCache {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
+            connect_hook: std::sync::OnceLock::new(),
             snapshots: watch::Sender::new(0),
             status_changed: watch::Sender::new(0),
         })
@@ -99,6 +108,23 @@ impl SnapshotCache {
         // The state stays consistent even if a holder panicked mid-update
         // (every update is a single insert), so keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Installs the hook run when a proxy connects (once; later calls are ignored).
+    pub fn set_connect_hook(&self, hook: ConnectHook) {
+        let _ = self.connect_hook.set(hook);
+    }
+
+    /// Every node that has connected, with the metadata it sent.
+    pub fn known_nodes(&self) -> Vec<Node> {
+        self.lock().node_info.values().cloned().collect()
+    }
+
+    fn node_connected(&self, node: &Node) {
+        self.lock().node_info.insert(node.id.clone(), node.clone());
+        if let Some(hook) = self.connect_hook.get() {
+            hook(node);
+        }
     }
 
     /// Sets the snapshot of one node and pushes it to its streams.
@@ -335,6 +361,7 @@ trait StreamHandler: Send + 'static {
     type Resp: Send + 'static;
     const PROTOCOL: AdsProtocol;
     fn node_id_of(req: &Self::Req) -> Option<String>;
+    fn node_of(req: &Self::Req) -> Option<&Node>;
     fn set_node(&mut self, node_id: String);
     fn node(&self) -> &str;
     fn cache(&self) -> &SnapshotCache;
@@ -362,6 +389,9 @@ trait StreamHandler: Send + 'static {
         };
         debug!(node = node_id, protocol = ?Self::PROTOCOL, "ADS stream opened");
         self.set_node(node_id.clone());
+        if let Some(node) = Self::node_of(&first) {
+            self.cache().node_connected(node);
+        }
         let cache_snapshots = self.cache().snapshots.subscribe();
         self.cache().stream_opened(&node_id, Self::PROTOCOL);
         let _ = self
@@ -479,6 +509,9 @@ impl StreamHandler for SotwStream {
     type Resp = DiscoveryResponse;
     const PROTOCOL: AdsProtocol = AdsProtocol::StateOfTheWorld;
 
+    fn node_of(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
     fn node_id_of(req: &DiscoveryRequest) -> Option<String> {
         req.node
             .as_ref()
@@ -657,6 +690,9 @@ impl StreamHandler for DeltaStream {
     type Resp = DeltaDiscoveryResponse;
     const PROTOCOL: AdsProtocol = AdsProtocol::Delta;
 
+    fn node_of(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
     fn node_id_of(req: &DeltaDiscoveryRequest) -> Option<String> {
         req.node
             .as_ref()

@@ -4,3 +4,4 @@ from .client import DEFAULT_HOST, GrpcReq, Observation, Req, TcpReq, UpgradeReq 
 from .procs import free_port, wait_port  # noqa: F401
 from .proxy import Proxy, ProxyUnavailable, start_proxy  # noqa: F401
 from .session import E2E, Impl, REFERENCE, Upstream, assert_weights  # noqa: F401
+from .raw import READ, RawReq, TcpIdleReq  # noqa: F401

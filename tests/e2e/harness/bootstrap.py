@@ -55,8 +55,9 @@ def http_listener(name: str, route_config: dict, *, port: int = 0, http_filters:
     return {"name": name, "address": socket_address(port, host), "filter_chains": [chain]}
 
 
-def tcp_listener(name: str, cluster: str, *, port: int = 0, host: str = "127.0.0.1", **tcp_extra) -> dict:
-    cfg = {"@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster}
+def tcp_listener(name: str, cluster: str | None, *, port: int = 0, host: str = "127.0.0.1", **tcp_extra) -> dict:
+    """cluster=None: give `weighted_clusters=...` in tcp_extra instead."""
+    cfg = {"@type": TCP_PROXY, "stat_prefix": name, **({"cluster": cluster} if cluster else {})}
     cfg.update(tcp_extra)
     return {
         "name": name,
@@ -161,3 +162,74 @@ def downstream_tls(cert_pem: str, key_pem: str, alpn: list[str] | None = None) -
             },
         },
     }
+
+
+# ---- listener filter chains, listener filters and HTTP filters (added for the
+#      listener / filter / HCM scenarios)
+
+TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+LOCAL_RATELIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+
+
+def http_chain(route_config: dict, *, match: dict | None = None, http_filters: list[dict] | None = None,
+               transport_socket: dict | None = None, stat_prefix: str = "in", name: str | None = None,
+               **hcm_extra) -> dict:
+    """A filter chain (HCM + router) with an optional filter_chain_match / transport socket."""
+    c: dict = {}
+    if name:
+        c["name"] = name
+    if match is not None:
+        c["filter_chain_match"] = match
+    c["filters"] = [hcm(stat_prefix, route_config, http_filters, **hcm_extra)]
+    if transport_socket:
+        c["transport_socket"] = transport_socket
+    return c
+
+
+def tcp_chain(cluster: str | None = None, *, match: dict | None = None, stat_prefix: str = "tcp",
+              **tcp_extra) -> dict:
+    cfg = {"@type": TCP_PROXY, "stat_prefix": stat_prefix, **({"cluster": cluster} if cluster else {})}
+    cfg.update(tcp_extra)
+    c: dict = {}
+    if match is not None:
+        c["filter_chain_match"] = match
+    c["filters"] = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}]
+    return c
+
+
+def listener(name: str, chains: list[dict], *, port: int = 0, host: str = "127.0.0.1",
+             listener_filters: list[dict] | None = None, default_chain: dict | None = None, **extra) -> dict:
+    l: dict = {"name": name, "address": socket_address(port, host), "filter_chains": chains}
+    if listener_filters:
+        l["listener_filters"] = listener_filters
+    if default_chain is not None:
+        l["default_filter_chain"] = default_chain
+    l.update(extra)
+    return l
+
+
+def tls_inspector() -> dict:
+    return {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}
+
+
+def http_inspector() -> dict:
+    return {"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": HTTP_INSPECTOR}}
+
+
+def http_filter(name: str, type_url: str, **cfg) -> dict:
+    return {"name": name, "typed_config": {"@type": type_url, **cfg}}
+
+
+def percent(p: int) -> dict:
+    """FractionalPercent (per hundred)."""
+    return {"numerator": p, "denominator": "HUNDRED"}
+
+
+def runtime_percent(p: float, key: str = "e2e.unused") -> dict:
+    """RuntimeFractionalPercent for filter_enabled / filter_enforced."""
+    return {"default_value": percent(int(p)), "runtime_key": key}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ DEFAULT_HOST = "e2e.test"  # sent as Host/:authority unless a request says other
 #   x-envoy-upstream-service-time  value -> "<present>" (timing; presence still compared)
 #   content-length                 value -> "<present>" when the body is a demo-app JSON
 #                                  echo (its length follows the normalized fields below)
+#   x-request-id                   UUID value -> "<uuid>" (random, generated per request by
+#                                  the proxy, e.g. always_set_request_id_in_response); other
+#                                  formats kept as is
 # upstream view (the demo-app's JSON echo, also inside nested "calls"):
 #   instance                       dropped (endpoint address; service/version are compared)
 #   headers.x-request-id           UUID value -> "<uuid>" (random); other formats kept as is
@@ -38,6 +42,8 @@ def normalize_response_headers(h: dict[str, list[str]], echo_body: bool) -> dict
             continue
         if k in PRESENCE_ONLY_RESPONSE_HEADERS or (echo_body and k == "content-length"):
             v = ["<present>"] * len(v)
+        elif k == "x-request-id":
+            v = ["<uuid>" if UUID_RE.match(x) else x for x in v]
         out[k] = v
     return dict(sorted(out.items()))
 
@@ -137,6 +143,12 @@ class Observation:
     details: str | None = None     # gRPC status message
     messages: list[bytes] = field(default_factory=list)  # gRPC response messages
     protocol: str | None = None    # downstream HTTP version negotiated
+    # raw-socket exchanges (harness/raw.py): every response read on the connection, and
+    # whether the proxy closed the connection (None = not observed). Both compared.
+    parts: list["Observation"] = field(default_factory=list)
+    closed: bool | None = None
+    # wall-clock seconds the exchange took; NOT compared (for lower-bound timing assertions)
+    elapsed: float | None = field(default=None, compare=False)
 
     @property
     def json(self) -> Any:
@@ -186,6 +198,10 @@ class Observation:
         if self.messages:
             out["messages"] = self.messages
         out["body"] = normalize_echo(echo) if echo is not None else self.text
+        if self.parts:
+            out["parts"] = [p.normalized() for p in self.parts]
+        if self.closed is not None:
+            out["closed"] = self.closed
         return out
 
 
@@ -314,6 +330,16 @@ def send_upgrade(addr: tuple[str, int], req: UpgradeReq, timeout: float = 10.0) 
 
 
 def send(addr: tuple[str, int], req, ca: str | None = None) -> Observation:
+    t0 = time.monotonic()
+    o = _send(addr, req, ca)
+    if o.elapsed is None:
+        o.elapsed = time.monotonic() - t0
+    return o
+
+
+def _send(addr: tuple[str, int], req, ca: str | None = None) -> Observation:
+    if hasattr(req, "send_to"):  # request types defined outside this module (harness/raw.py)
+        return req.send_to(addr, ca)
     if isinstance(req, Req):
         return send_http(addr, req, ca=ca)
     if isinstance(req, GrpcReq):

@@ -66,6 +66,7 @@ class E2E:
         self.registry = ProcRegistry(log_dir)
         self.log_dir = log_dir
         self.ca: str | None = None  # CA file for h2tls requests, set by scenarios using TLS
+        self._closers: list = []     # in-process helpers (recorders) stopped at teardown
 
     # ------------------------------------------------------------ upstreams
     def upstream(self, service: str, version: str = "v1", *, tcp: bool = False,
@@ -126,12 +127,15 @@ class E2E:
         results = self.run_each(bootstrap, lambda p: self.observe(p, requests))
         ref = results[self.reference.label]
         mine = results[self.impl.label]
+        problems = []  # every differing request is reported, not only the first
         for i, (req, a, b) in enumerate(zip(requests, ref, mine)):
             na, nb = a.normalized(), b.normalized()
             if na != nb:
-                raise DifferentialMismatch(
+                problems.append(
                     f"request #{i} ({req.describe()}): {self.impl.label} differs from {self.reference.label}\n"
                     + _diff(na, nb, self.reference.label, self.impl.label))
+        if problems:
+            raise DifferentialMismatch("\n".join(problems))
         return mine
 
     def distribution(self, bootstrap: dict, request, n: int, key=lambda o: o.service) -> dict[str, collections.Counter]:
@@ -140,7 +144,26 @@ class E2E:
             return collections.Counter(key(o) for o in self.observe(p, [request] * n))
         return self.run_each(bootstrap, count)
 
+    def recorder(self, name: str, host: str = "127.0.0.1"):
+        """An in-process upstream that records the requests it receives (harness/recorder.py)."""
+        from .recorder import Recorder
+        r = Recorder(name, host)
+        self._closers.append(r.stop)
+        return r
+
+    def startup(self, bootstrap: dict, timeout: float = 10.0) -> dict:
+        """Start each implementation with `bootstrap` (reference first) and report whether it
+        refused it: label -> StartResult(exit_code, ready, output). Nothing is left running."""
+        from .startup import try_start
+        return {impl.label: try_start(impl.kind, bootstrap, self.registry, timeout)
+                for impl in self.implementations()}
+
     def stop(self) -> None:
+        for close in self._closers:
+            try:
+                close()
+            except Exception:
+                pass
         self.registry.stop_all()
 
 
