@@ -101,7 +101,6 @@ def preflight(origin, method="PUT"):
                                                   ("access-control-request-headers", "x-custom")])
 
 
-@pytest.mark.trellis_xfail(reason="preflight response lacks access-control-expose-headers (Envoy: 'x-exposed'); an OPTIONS request without body forwarded upstream lacks 'content-length: 0' (Envoy adds it)")
 def test_cors_preflight(e2e):
     a, = e2e.upstreams("a")
     ok, suffix, denied, plain_options = e2e.differential(cors_listener(a), [

@@ -58,7 +58,6 @@ def test_transport_protocol_tls_vs_raw_buffer(e2e, tmp_path):
     assert tls.service == "tls/v1" and tls.echo["headers"]["x-forwarded-proto"] == "https"
 
 
-@pytest.mark.trellis_xfail(reason="an HTTP/1.0 request (http_inspector protocol 'http/1.0') is handled by the application_protocols ['http/1.1'] chain (x-demo-service h1/v1) instead of default_filter_chain (Envoy: other/v1); the HTTP/1.0 response also lacks 'connection: close' (Envoy: ['close'])")
 def test_application_protocols_with_http_inspector(e2e):
     ups = e2e.upstreams("h1", "h2", "other")
     ten = {"http_protocol_options": {"accept_http_10": True}}  # so that the chosen chain can answer HTTP/1.0
@@ -132,7 +131,6 @@ def _ipv6_available():
 
 
 @pytest.mark.skipif(not _ipv6_available(), reason="::1 is not available on this host")
-@pytest.mark.trellis_xfail(reason="use_remote_address with a loopback peer (::1): upstream x-forwarded-for '::1' (Envoy: its local non-loopback address, here '192.0.2.2'), x-envoy-internal 'true' (Envoy: absent), x-envoy-external-address absent (Envoy: '::1')")
 def test_ipv6_listener(e2e):
     a, = e2e.upstreams("a")
     rt = route(prefix("/"), cluster="a", request_headers_to_add=[

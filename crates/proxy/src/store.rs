@@ -249,8 +249,16 @@ impl ConfigStore {
                         ));
                         continue;
                     }
-                    if let Err(e) = ListenerConfig::compile(l, &secrets) {
-                        errors.push(e.to_string());
+                    match ListenerConfig::compile(l, &secrets) {
+                        Err(e) => errors.push(e.to_string()),
+                        Ok(Ok(cfg)) => {
+                            if let Err(e) =
+                                cfg.check_route_clusters(&|c| state.specs.contains_key(c))
+                            {
+                                errors.push(e.to_string());
+                            }
+                        }
+                        Ok(Err(_warming)) => {}
                     }
                 }
                 if !errors.is_empty() {
@@ -332,7 +340,11 @@ impl ConfigStore {
                 None => match state.active_listeners.get(&name) {
                     Some((fp, cfg)) if *fp == fingerprint => Ok(Arc::clone(cfg)),
                     _ => match ListenerConfig::compile(&proto, &secrets) {
-                        Ok(Ok(cfg)) => Ok(Arc::new(cfg)),
+                        Ok(Ok(cfg)) => {
+                            cfg.check_route_clusters(&|c| state.specs.contains_key(c))
+                                .map_err(|e| e.to_string())?;
+                            Ok(Arc::new(cfg))
+                        }
                         Ok(Err(secret)) => Err(format!("secret '{secret}'")),
                         Err(e) => return Err(e.to_string()),
                     },

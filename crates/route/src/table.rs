@@ -64,6 +64,12 @@ impl RouteEntry {
     /// True for the redirect Envoy synthesises for `require_tls`. Envoy applies no header
     /// mutations to it; [`RouteTable::apply_request_headers`] and
     /// [`RouteTable::apply_response_headers`] honour that.
+    /// Whether the route rewrites the path at all (Envoy then records the
+    /// original path even when this request's path comes out unchanged).
+    pub fn has_path_rewrite(&self) -> bool {
+        matches!(&self.action, Action::Forward(f) if f.path_rewrite.is_some())
+    }
+
     pub fn is_tls_redirect(&self) -> bool {
         self.matcher.is_none()
     }

@@ -188,12 +188,39 @@ fn decode_value<M: Message + Default>(
     })
 }
 
+/// Envoy (protobuf C++) accepts `{"@type": ".../google.protobuf.Empty"}`
+/// with no `value`, the natural way to write a filter without config;
+/// prost-reflect wants the well-known-type form `"value": {}`. Add it.
+fn fill_empty_any_values(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_empty_any = map
+                .get("@type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t.ends_with("/google.protobuf.Empty"));
+            if is_empty_any && !map.contains_key("value") {
+                map.insert(
+                    "value".into(),
+                    serde_json::Value::Object(Default::default()),
+                );
+            }
+            for v in map.values_mut() {
+                fill_empty_any_values(v);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(fill_empty_any_values),
+        _ => {}
+    }
+}
+
 fn dynamic_from_value(
     value: serde_json::Value,
     full_name: &str,
     origin: &str,
 ) -> Result<DynamicMessage, CodecError> {
     let desc = descriptor(full_name, origin)?;
+    let mut value = value;
+    fill_empty_any_values(&mut value);
     // prost-reflect reports an unknown "@type" without saying where it was,
     // so check them all first and name the field path ourselves.
     check_type_urls(&value, &mut String::new(), origin)?;

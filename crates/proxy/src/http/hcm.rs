@@ -59,6 +59,11 @@ pub struct HcmConfig {
     pub strip_any_host_port: bool,
     pub suppress_envoy_headers: bool,
     pub ignore_port_in_host_matching: bool,
+    /// Remote addresses treated as internal (`internal_address_config`);
+    /// empty means none, Envoy's default since internal addresses became explicit.
+    pub internal_ranges: Vec<crate::cidr::Cidr>,
+    pub accept_http_10: bool,
+    pub default_host_for_http_10: Option<String>,
 }
 
 impl HcmConfig {
@@ -176,6 +181,32 @@ impl HcmConfig {
             strip_any_host_port,
             suppress_envoy_headers,
             ignore_port_in_host_matching: false,
+            internal_ranges: hcm
+                .internal_address_config
+                .as_ref()
+                .map(|c| {
+                    c.cidr_ranges
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| {
+                            crate::cidr::Cidr::parse(r).map_err(|m| {
+                                scope
+                                    .err(f(&format!("internal_address_config.cidr_ranges[{i}]")), m)
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
+            accept_http_10: hcm
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.accept_http_10),
+            default_host_for_http_10: hcm
+                .http_protocol_options
+                .as_ref()
+                .map(|o| o.default_host_for_http_10.clone())
+                .filter(|h| !h.is_empty()),
         })
     }
 

@@ -286,7 +286,9 @@ pub(super) async fn forward(
     };
     ctx.table
         .apply_request_headers(ctx.selected, &mut headers, &fmt);
-    if path != original_path
+    // Envoy records the original path whenever the route rewrites paths,
+    // even when this request's path comes out unchanged.
+    if ctx.selected.route.has_path_rewrite()
         && !hcm.suppress_envoy_headers
         && let Ok(v) = HeaderValue::from_str(&original_path)
     {
@@ -352,6 +354,16 @@ pub(super) async fn forward(
         }
     };
 
+    // Envoy's HTTP/1 codec states an empty body explicitly for methods that
+    // may carry one (OPTIONS, POST...), so upstreams don't wait for one.
+    if version == UpVersion::Http1
+        && http_body::Body::is_end_stream(&upstream_body)
+        && !matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     let mut req = Request::new(upstream_body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -442,6 +454,20 @@ fn spawn_mirrors(
         let mut h = headers.clone();
         if let Ok(v) = HeaderValue::from_str(&shadow) {
             h.insert(header::HOST, v);
+        }
+        // A shadow request is one the proxy originates: Envoy marks it
+        // internal and records its own address.
+        h.insert(
+            HeaderName::from_static("x-envoy-internal"),
+            HeaderValue::from_static("true"),
+        );
+        let me = crate::local_address::ipv4().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(existing) if !existing.is_empty() => format!("{existing},{me}"),
+            _ => me,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         *req.headers_mut() = h;
         let Ok(uri) = path.parse::<Uri>() else {

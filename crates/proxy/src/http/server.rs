@@ -30,8 +30,10 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .max_buf_size(hcm.max_request_headers_bytes.max(8192) + 1024)
-        .max_headers(hcm.max_headers_count.max(1) + 1)
+        // Generous parser limits so that the connection manager's own checks
+        // (with Envoy's 431 reply) decide; hyper's bare 431 is the backstop.
+        .max_buf_size((hcm.max_request_headers_bytes + 64 * 1024).clamp(8192, 1 << 20))
+        .max_headers(hcm.max_headers_count.saturating_mul(2).saturating_add(100))
         .header_read_timeout(
             hcm.request_headers_timeout
                 .unwrap_or(Duration::from_secs(60)),

@@ -72,6 +72,10 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         }
     };
     finish_response(&hcm, &mut resp, request_id.as_ref());
+    if parts.version == http::Version::HTTP_10 && !wants_keep_alive(&parts.headers) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::debug!(
         method = %parts.method,
         path = %parts.uri.path(),
@@ -89,9 +93,18 @@ fn prepare_request(conn: &ConnInfo, headers: &mut HeaderMap) -> Option<HeaderVal
     let hcm = &conn.hcm;
     let remote_ip = conn.remote.ip();
     if hcm.use_remote_address {
-        let internal = is_internal(&remote_ip);
+        // Envoy's edge rules: a request is internal only if it arrived with
+        // no x-forwarded-for and from an address internal_address_config
+        // lists; a loopback peer is recorded as the proxy's own address.
+        let had_xff = headers.contains_key(&X_FORWARDED_FOR);
+        let internal = !had_xff && hcm.internal_ranges.iter().any(|r| r.contains(&remote_ip));
         if !hcm.skip_xff_append {
-            append_xff(headers, &remote_ip.to_string());
+            let appended = if remote_ip.is_loopback() {
+                crate::local_address::ipv4()
+            } else {
+                remote_ip
+            };
+            append_xff(headers, &appended.to_string());
         }
         let proto = if conn.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -134,10 +147,11 @@ fn append_xff(headers: &mut HeaderMap, ip: &str) {
     }
 }
 
+/// Appends to a list-valued header the way Envoy writes `via`: ", ".
 fn append_header(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
     let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => HeaderValue::from_str(&format!(
-            "{existing},{}",
+            "{existing}, {}",
             value.to_str().unwrap_or_default()
         ))
         .ok(),
@@ -148,18 +162,15 @@ fn append_header(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue)
     }
 }
 
-/// Envoy's notion of an internal address: RFC 1918, loopback, and ULA.
-fn is_internal(ip: &std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_private() || v4.is_loopback())
-        }
-    }
+fn wants_keep_alive(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+        })
 }
 
 fn finish_response(hcm: &HcmConfig, resp: &mut Response<Body>, request_id: Option<&HeaderValue>) {
@@ -213,24 +224,35 @@ async fn route_and_forward(
 ) -> Result<Response<Body>, Response<Body>> {
     let hcm = &conn.hcm;
     let grpc = state.grpc;
-    if parts.headers.len() > hcm.max_headers_count {
-        return Err(local_reply::reply(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "",
-            grpc,
-        ));
-    }
     let header_bytes: usize = parts
         .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if header_bytes > hcm.max_request_headers_bytes {
-        return Err(local_reply::reply(
+    if parts.headers.len() > hcm.max_headers_count || header_bytes > hcm.max_request_headers_bytes {
+        let mut resp = local_reply::reply(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "",
+            "Request Header Fields Too Large",
             grpc,
-        ));
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(resp);
+    }
+    if parts.version == http::Version::HTTP_10 {
+        if !hcm.accept_http_10 {
+            let mut resp =
+                local_reply::reply(StatusCode::UPGRADE_REQUIRED, "Upgrade Required", grpc);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(resp);
+        }
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(host) = &hcm.default_host_for_http_10
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
     }
     let Some(mut authority) = authority_of(parts) else {
         return Err(local_reply::reply(

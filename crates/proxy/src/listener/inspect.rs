@@ -224,8 +224,10 @@ fn detect_http(data: &[u8]) -> Parse<&'static str> {
         .iter()
         .take_while(|b| **b != b' ')
         .all(|b| b.is_ascii_uppercase() || *b == b'-');
-    if method_ok && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")) {
+    if method_ok && line.ends_with(b" HTTP/1.1") {
         Parse::Done("http/1.1")
+    } else if method_ok && line.ends_with(b" HTTP/1.0") {
+        Parse::Done("http/1.0")
     } else {
         Parse::NotTls
     }

@@ -195,9 +195,59 @@ impl ListenerConfig {
         }
     }
 
+    /// Envoy validates the clusters named by inline route configurations
+    /// (`validate_clusters` defaults to true unless the routes come from RDS):
+    /// a route to a cluster that does not exist rejects the listener.
+    pub fn check_route_clusters(&self, exists: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let scope = ErrorScope::new("listener", &self.name);
+        for chain in self.chains.iter().chain(self.default_chain.iter()) {
+            let Terminal::Http(hcm) = &chain.terminal else {
+                continue;
+            };
+            let crate::http::hcm::RouteSource::Inline(table) = &hcm.routes else {
+                continue;
+            };
+            if table.validate_clusters() == Some(false) {
+                continue;
+            }
+            for name in route_clusters(table) {
+                if !exists(name) {
+                    return Err(
+                        scope.err("route_config", format!("route: unknown cluster '{name}'"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn needs_tls_inspection(&self) -> bool {
         self.tls_inspector
     }
+}
+
+/// The clusters a route table names literally (not via request headers).
+pub fn route_clusters(table: &route::RouteTable) -> Vec<&str> {
+    let mut out = Vec::new();
+    for vh in table.virtual_hosts() {
+        for r in &vh.routes {
+            let route::Action::Forward(f) = &r.action else {
+                continue;
+            };
+            match &f.cluster {
+                route::ClusterSpecifier::Cluster(name) => out.push(name.as_str()),
+                route::ClusterSpecifier::Weighted(w) => {
+                    for c in &w.clusters {
+                        if let route::ClusterTarget::Name(name) = &c.target {
+                            out.push(name.as_str());
+                        }
+                    }
+                }
+                route::ClusterSpecifier::Header(_) => {}
+            }
+        }
+    }
+    out
 }
 
 fn compile_chain(

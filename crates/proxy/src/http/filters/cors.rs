@@ -99,6 +99,9 @@ impl Cors {
             if let Some(v) = &self.max_age {
                 out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
             }
+            if let Some(v) = &self.expose_headers {
+                out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+            }
             CorsAction::Preflight(out)
         } else {
             if let Some(v) = &self.expose_headers {
