@@ -1,0 +1,602 @@
+//! Sidecar listeners and outbound route tables.
+//!
+//! **Local mode** (Trellis, no capture; node metadata `TRELLIS_*_PORT(S)`):
+//! - `outbound_http` on `127.0.0.1:<TRELLIS_OUTBOUND_PORT>`: an HTTP proxy
+//!   (absolute-form and origin-form requests) routed by `outbound-http`, one
+//!   virtual host per visible (HTTP service, port), domains `<name>:<port>`
+//!   (bare `<name>` too for port 80);
+//! - `inbound_<targetPort>` on `127.0.0.1:<TRELLIS_INBOUND_PORTS[targetPort]>`
+//!   to `inbound|<targetPort>||`, a static cluster to the application on
+//!   `127.0.0.1:<TRELLIS_APP_PORTS[targetPort]>`.
+//!
+//! **Capture mode** (Istio's layout): `virtualOutbound` (15001, original
+//! destination) handing off to per-port `0.0.0.0_<port>` listeners (route
+//! table `<port>`), and `virtualInbound` (15006) with a filter chain per
+//! served target port.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route,
+    route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, Rds, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use registry::{Protocol, Service};
+
+use crate::cluster::{self, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER};
+use crate::context::PushContext;
+use crate::node::{LocalPorts, ProxyNode};
+use crate::route::{RouteScope, dedup_domains, default_route, virtual_service_routes};
+use crate::{Diagnostic, Generated, pb};
+
+/// The route table of the local-mode outbound listener.
+pub const OUTBOUND_HTTP_ROUTE: &str = "outbound-http";
+/// The local-mode outbound listener.
+pub const OUTBOUND_HTTP_LISTENER: &str = "outbound_http";
+pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
+pub const VIRTUAL_INBOUND_PORT: u32 = 15006;
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+
+pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
+    let mut out = Generated::default();
+    let services = ctx.sidecar_services(node);
+    cluster::add_outbound(node, ctx, &services, &mut out);
+    out.clusters.push(cluster::blackhole(ctx));
+    out.clusters
+        .push(cluster::passthrough(ctx, PASSTHROUGH_CLUSTER, None));
+    match &node.local {
+        Some(local) => local_mode(node, ctx, local, &services, &mut out),
+        None => capture_mode(node, ctx, &services, &mut out),
+    }
+    out
+}
+
+fn local_mode(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    local: &LocalPorts,
+    services: &[(&Service, Option<Vec<u32>>)],
+    out: &mut Generated,
+) {
+    if let Some(port) = local.outbound {
+        out.listeners.push(listener(
+            OUTBOUND_HTTP_LISTENER,
+            "127.0.0.1",
+            port,
+            TrafficDirection::Outbound,
+            vec![FilterChain {
+                filters: vec![hcm_filter(outbound_hcm(
+                    "outbound_0.0.0.0_http",
+                    OUTBOUND_HTTP_ROUTE,
+                ))],
+                ..Default::default()
+            }],
+        ));
+    }
+    let mut vhosts = outbound_vhosts(node, ctx, services, None, &mut out.diagnostics);
+    let has_tcp = services
+        .iter()
+        .any(|(s, _)| s.ports.iter().any(|p| !p.protocol.is_http()));
+    if has_tcp {
+        out.diagnostics.push(Diagnostic::new(
+            "",
+            "",
+            "local mode routes HTTP only: TCP service ports are reachable through capture mode",
+        ));
+    }
+    // Without capture there is no original destination to pass unknown
+    // hosts through to (PassthroughCluster would need one), so ALLOW_ANY
+    // answers 404 for hosts outside the registry; REGISTRY_ONLY answers 502
+    // as Istio's `block_all` does.
+    vhosts.push(if ctx.allow_any(node) {
+        direct_vhost(
+            "allow_any",
+            404,
+            "trellis: no service for this host (local mode)",
+        )
+    } else {
+        direct_vhost("block_all", 502, "")
+    });
+    out.routes.push(route_config(OUTBOUND_HTTP_ROUTE, vhosts));
+
+    let served = served_ports(node, ctx);
+    for (&target, &listen) in &local.inbound {
+        let protocol = served
+            .get(&target)
+            .cloned()
+            .or_else(|| namespace_protocol(ctx, &node.namespace, target))
+            .unwrap_or(Protocol::Http);
+        let app = match local.app.get(&target) {
+            Some(&p) => p,
+            None => {
+                out.diagnostics.push(Diagnostic::new(
+                    "",
+                    "",
+                    format!("node {}: no TRELLIS_APP_PORTS entry for target port {target}; using {target}", node.id),
+                ));
+                target
+            }
+        };
+        let chain = inbound_chain(target, &protocol);
+        out.listeners.push(listener(
+            &format!("inbound_{target}"),
+            "127.0.0.1",
+            listen,
+            TrafficDirection::Inbound,
+            vec![chain],
+        ));
+        out.clusters.push(cluster::inbound_static(
+            ctx,
+            target,
+            app,
+            matches!(protocol, Protocol::Http2 | Protocol::Grpc),
+        ));
+    }
+}
+
+fn capture_mode(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    services: &[(&Service, Option<Vec<u32>>)],
+    out: &mut Generated,
+) {
+    let allow_any = ctx.allow_any(node);
+    let fallback = if allow_any {
+        PASSTHROUGH_CLUSTER
+    } else {
+        BLACKHOLE_CLUSTER
+    };
+    let mut virtual_outbound = listener(
+        "virtualOutbound",
+        "0.0.0.0",
+        VIRTUAL_OUTBOUND_PORT,
+        TrafficDirection::Outbound,
+        Vec::new(),
+    );
+    virtual_outbound.use_original_dst = Some(pb::boolv(true));
+    virtual_outbound.default_filter_chain = Some(FilterChain {
+        name: fallback.to_owned(),
+        filters: vec![tcp_proxy_filter(fallback, fallback)],
+        ..Default::default()
+    });
+    out.listeners.push(virtual_outbound);
+
+    // Service ports → HTTP route tables or a TCP proxy per port.
+    let mut http_ports: BTreeMap<u32, ()> = BTreeMap::new();
+    let mut tcp_ports: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
+    for (svc, ports) in services {
+        for p in &svc.ports {
+            if ports.as_ref().is_some_and(|l| !l.contains(&p.number)) {
+                continue;
+            }
+            if p.protocol.is_http() {
+                http_ports.insert(p.number, ());
+            } else {
+                tcp_ports.entry(p.number).or_default().push(svc);
+            }
+        }
+    }
+    for &port in http_ports.keys() {
+        let mut vhosts = outbound_vhosts(node, ctx, services, Some(port), &mut out.diagnostics);
+        vhosts.push(if allow_any {
+            VirtualHost {
+                name: "allow_any".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    name: "allow_any".to_owned(),
+                    r#match: Some(prefix_match()),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            PASSTHROUGH_CLUSTER.to_owned(),
+                        )),
+                        timeout: Some(pb::duration(std::time::Duration::ZERO)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        } else {
+            direct_vhost("block_all", 502, "")
+        });
+        out.routes.push(route_config(&port.to_string(), vhosts));
+        let mut l = listener(
+            &format!("0.0.0.0_{port}"),
+            "0.0.0.0",
+            port,
+            TrafficDirection::Outbound,
+            vec![FilterChain {
+                filters: vec![hcm_filter(outbound_hcm(
+                    &format!("outbound_0.0.0.0_{port}"),
+                    &port.to_string(),
+                ))],
+                ..Default::default()
+            }],
+        );
+        l.bind_to_port = Some(pb::boolv(false));
+        out.listeners.push(l);
+    }
+    for (port, svcs) in tcp_ports {
+        if http_ports.contains_key(&port) {
+            out.diagnostics.push(Diagnostic::new(
+                "",
+                "",
+                format!(
+                    "port {port} carries HTTP and TCP services; TCP services on it are not routed"
+                ),
+            ));
+            continue;
+        }
+        let [svc] = svcs.as_slice() else {
+            // TODO: per-VIP listeners (`<vip>_<port>`) once services carry VIPs.
+            out.diagnostics.push(Diagnostic::new(
+                "",
+                "",
+                format!("TCP port {port} is shared by {} services; not routed (needs per-VIP listeners)", svcs.len()),
+            ));
+            continue;
+        };
+        let cluster_name = cluster::outbound_name(port, "", &svc.hostname);
+        let mut l = listener(
+            &format!("0.0.0.0_{port}"),
+            "0.0.0.0",
+            port,
+            TrafficDirection::Outbound,
+            vec![FilterChain {
+                filters: vec![tcp_proxy_filter(&cluster_name, &cluster_name)],
+                ..Default::default()
+            }],
+        );
+        l.bind_to_port = Some(pb::boolv(false));
+        out.listeners.push(l);
+    }
+
+    // Inbound: one filter chain per served target port.
+    let mut virtual_inbound = listener(
+        "virtualInbound",
+        "0.0.0.0",
+        VIRTUAL_INBOUND_PORT,
+        TrafficDirection::Inbound,
+        Vec::new(),
+    );
+    virtual_inbound.use_original_dst = Some(pb::boolv(true));
+    for (target, protocol) in served_ports(node, ctx) {
+        let mut chain = inbound_chain(target, &protocol);
+        chain.filter_chain_match = Some(FilterChainMatch {
+            destination_port: Some(pb::u32v(target)),
+            ..Default::default()
+        });
+        virtual_inbound.filter_chains.push(chain);
+        out.clusters.push(cluster::inbound_original_dst(
+            ctx,
+            target,
+            matches!(protocol, Protocol::Http2 | Protocol::Grpc),
+        ));
+    }
+    virtual_inbound.default_filter_chain = Some(FilterChain {
+        name: INBOUND_PASSTHROUGH_CLUSTER.to_owned(),
+        filters: vec![tcp_proxy_filter(
+            INBOUND_PASSTHROUGH_CLUSTER,
+            INBOUND_PASSTHROUGH_CLUSTER,
+        )],
+        ..Default::default()
+    });
+    out.listeners.push(virtual_inbound);
+    out.clusters.push(cluster::passthrough(
+        ctx,
+        INBOUND_PASSTHROUGH_CLUSTER,
+        Some(cluster::INBOUND_PASSTHROUGH_BIND),
+    ));
+}
+
+/// One virtual host per visible (HTTP service, port); `only_port` limits
+/// them to one port (capture mode's per-port tables).
+fn outbound_vhosts(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    services: &[(&Service, Option<Vec<u32>>)],
+    only_port: Option<u32>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<VirtualHost> {
+    let mut vhosts = Vec::new();
+    for (svc, ports) in services {
+        for p in &svc.ports {
+            if !p.protocol.is_http()
+                || only_port.is_some_and(|o| o != p.number)
+                || ports.as_ref().is_some_and(|l| !l.contains(&p.number))
+            {
+                continue;
+            }
+            let scope = RouteScope {
+                ctx,
+                node,
+                gateway: api::defaults::MESH_GATEWAY,
+                port: p.number,
+            };
+            let routes = match ctx.mesh_virtual_service(&svc.hostname, &node.namespace) {
+                Some((obj, vs)) if !vs.http.is_empty() => {
+                    virtual_service_routes(scope, obj, vs, diags)
+                }
+                _ => vec![default_route(scope, &svc.hostname, p.number)],
+            };
+            vhosts.push(VirtualHost {
+                name: format!("{}:{}", svc.hostname, p.number),
+                domains: vhost_domains(node, ctx, svc, p.number, only_port.is_some()),
+                routes,
+                ..Default::default()
+            });
+        }
+    }
+    dedup_domains(&mut vhosts);
+    vhosts
+}
+
+/// The names a request may use for `svc` on `port`, following Istio's
+/// outbound virtual host domains: the FQDN, the short forms valid from the
+/// proxy's namespace (`name` only from the same namespace, `name.ns`,
+/// `name.ns.svc`), registry aliases and VIPs, each as `<name>:<port>`. The
+/// bare `<name>` is added for port 80 (clients omit the default port), or
+/// for every name when the table serves a single port (capture mode).
+pub fn vhost_domains(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    svc: &Service,
+    port: u32,
+    single_port_table: bool,
+) -> Vec<String> {
+    let mut names = vec![svc.hostname.clone()];
+    let svc_suffix = format!(".svc.{}", ctx.domain_suffix());
+    if let Some(stem) = svc.hostname.strip_suffix(&svc_suffix)
+        && let Some((name, ns)) = stem.split_once('.')
+        && !ns.contains('.')
+    {
+        if ns == node.namespace {
+            names.push(name.to_owned());
+        }
+        names.push(format!("{name}.{ns}"));
+        names.push(format!("{name}.{ns}.svc"));
+    }
+    for alias in &svc.aliases {
+        // A dotless alias only means this service inside its own namespace.
+        if alias.contains('.') || svc.namespace == node.namespace {
+            names.push(alias.clone());
+        }
+    }
+    names.extend(
+        svc.addresses
+            .iter()
+            .filter(|a| !a.contains('/') && a.as_str() != "0.0.0.0")
+            .cloned(),
+    );
+    let mut domains = Vec::new();
+    for n in names {
+        let with_port = if n.contains(':') {
+            format!("[{n}]:{port}") // IPv6 VIP
+        } else {
+            format!("{n}:{port}")
+        };
+        if port == 80 || single_port_table {
+            domains.push(if n.contains(':') { format!("[{n}]") } else { n });
+        }
+        domains.push(with_port);
+    }
+    let mut seen = BTreeMap::new();
+    domains.retain(|d| seen.insert(d.clone(), ()).is_none());
+    domains
+}
+
+/// Target ports this workload serves, with their protocol, from the
+/// registry: endpoints with this workload's name (and namespace), or with
+/// one of its (non-loopback) addresses.
+fn served_ports(node: &ProxyNode, ctx: &PushContext) -> BTreeMap<u32, Protocol> {
+    let mut ports = BTreeMap::new();
+    for ((host, port), eps) in &ctx.registry().endpoints {
+        let Some(svc) = ctx.registry().service(host) else {
+            continue;
+        };
+        let Some(sp) = svc.port(*port) else {
+            continue;
+        };
+        for ep in eps {
+            let by_name = !node.workload_name.is_empty()
+                && ep.workload_name == node.workload_name
+                && ep.namespace == node.namespace;
+            let by_ip = !ep.address.starts_with("127.")
+                && (ep.address == node.ip || node.instance_ips.contains(&ep.address));
+            if by_name || by_ip {
+                let target = if ep.port == 0 {
+                    sp.target_port
+                } else {
+                    ep.port
+                };
+                let entry = ports.entry(target).or_insert_with(|| sp.protocol.clone());
+                // HTTP wins when several services share a target port.
+                if sp.protocol.is_http() && !entry.is_http() {
+                    *entry = sp.protocol.clone();
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// The protocol of `target` among the services of `namespace` (local mode
+/// fallback when the workload cannot be identified in the registry).
+fn namespace_protocol(ctx: &PushContext, namespace: &str, target: u32) -> Option<Protocol> {
+    ctx.registry()
+        .services
+        .values()
+        .filter(|s| s.namespace == namespace)
+        .flat_map(|s| s.ports.iter())
+        .find(|p| p.target_port == target)
+        .map(|p| p.protocol.clone())
+}
+
+fn inbound_chain(target: u32, protocol: &Protocol) -> FilterChain {
+    let cluster_name = cluster::inbound_name(target);
+    let filter = if protocol.is_http() {
+        let timeout = pb::duration(std::time::Duration::ZERO);
+        let rc = RouteConfiguration {
+            name: cluster_name.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: format!("inbound|http|{target}"),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    name: "default".to_owned(),
+                    r#match: Some(prefix_match()),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            cluster_name.clone(),
+                        )),
+                        timeout: Some(timeout),
+                        max_stream_duration: Some(route_action::MaxStreamDuration {
+                            max_stream_duration: Some(timeout),
+                            grpc_timeout_header_max: Some(timeout),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            validate_clusters: Some(pb::boolv(false)),
+            ..Default::default()
+        };
+        hcm_filter(HttpConnectionManager {
+            stat_prefix: format!("inbound_0.0.0.0_{target}"),
+            codec_type: http_connection_manager::CodecType::Auto as i32,
+            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)),
+            http_filters: crate::route::http_filters(),
+            upgrade_configs: websocket(),
+            ..Default::default()
+        })
+    } else {
+        tcp_proxy_filter(&cluster_name, &cluster_name)
+    };
+    FilterChain {
+        name: cluster_name,
+        filters: vec![filter],
+        ..Default::default()
+    }
+}
+
+pub(crate) fn outbound_hcm(stat_prefix: &str, route_name: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(pb::ads()),
+            route_config_name: route_name.to_owned(),
+        })),
+        http_filters: crate::route::http_filters(),
+        // Applications send absolute-form requests when they use the
+        // sidecar as their HTTP proxy.
+        http_protocol_options: Some(cluster::http1_proxy_options()),
+        use_remote_address: Some(pb::boolv(false)),
+        upgrade_configs: websocket(),
+        ..Default::default()
+    }
+}
+
+fn websocket() -> Vec<http_connection_manager::UpgradeConfig> {
+    vec![http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".to_owned(),
+        ..Default::default()
+    }]
+}
+
+pub(crate) fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
+    Filter {
+        name: HCM.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pb::any(&hcm))),
+    }
+}
+
+fn tcp_proxy_filter(stat_prefix: &str, cluster_name: &str) -> Filter {
+    Filter {
+        name: TCP_PROXY.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pb::any(&TcpProxy {
+            stat_prefix: stat_prefix.to_owned(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+                cluster_name.to_owned(),
+            )),
+            ..Default::default()
+        }))),
+    }
+}
+
+pub(crate) fn listener(
+    name: &str,
+    address: &str,
+    port: u32,
+    direction: TrafficDirection,
+    filter_chains: Vec<FilterChain>,
+) -> Listener {
+    let mut l = Listener {
+        name: name.to_owned(),
+        address: Some(pb::socket(address, port)),
+        filter_chains,
+        traffic_direction: direction as i32,
+        ..Default::default()
+    };
+    if name == "virtualOutbound" || name == "virtualInbound" {
+        l.listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.original_dst".to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pb::any(
+                &OriginalDst::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    l
+}
+
+pub(crate) fn route_config(name: &str, virtual_hosts: Vec<VirtualHost>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts,
+        // Routes may name clusters that are not (yet) there: Envoy answers
+        // 503 for them instead of rejecting the whole table.
+        validate_clusters: Some(pb::boolv(false)),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn prefix_match() -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn direct_vhost(name: &str, status: u32, body: &str) -> VirtualHost {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    VirtualHost {
+        name: name.to_owned(),
+        domains: vec!["*".to_owned()],
+        routes: vec![Route {
+            name: name.to_owned(),
+            r#match: Some(prefix_match()),
+            action: Some(route::Action::DirectResponse(DirectResponseAction {
+                status,
+                body: (!body.is_empty()).then(|| DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(body.to_owned())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
