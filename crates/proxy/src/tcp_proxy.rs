@@ -16,6 +16,10 @@ use crate::duration::timeout_or;
 use crate::error::{ConfigError, ErrorScope};
 use crate::snapshot::SharedSnapshot;
 
+/// Bytes moved per read/write in each direction. 16 KiB cost ~8x Envoy's
+/// syscalls per byte in the throughput benchmark; 128 KiB is in Envoy's range.
+const COPY_BUFFER: usize = 128 * 1024;
+
 pub const TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 
@@ -166,13 +170,13 @@ where
 {
     let Some(idle) = idle else {
         let mut up = up;
-        tokio::io::copy_bidirectional(down, &mut up).await?;
+        tokio::io::copy_bidirectional_with_sizes(down, &mut up, COPY_BUFFER, COPY_BUFFER).await?;
         return Ok(());
     };
     let (mut down_r, mut down_w) = tokio::io::split(down);
     let (mut up_r, mut up_w) = up.into_split();
-    let mut buf_a = vec![0u8; 16 * 1024];
-    let mut buf_b = vec![0u8; 16 * 1024];
+    let mut buf_a = vec![0u8; COPY_BUFFER];
+    let mut buf_b = vec![0u8; COPY_BUFFER];
     let (mut down_open, mut up_open) = (true, true);
     while down_open || up_open {
         tokio::select! {
