@@ -14,9 +14,27 @@ use crate::listener::ListenerManager;
 use crate::snapshot::SharedSnapshot;
 use crate::store::ConfigStore;
 
+/// Where the bootstrap comes from.
+#[derive(Debug, Clone)]
+pub enum BootstrapSource {
+    /// An Envoy bootstrap file (`-c`).
+    File(PathBuf),
+    /// Built by the agent from a workload's identity.
+    Built(Box<envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>),
+}
+
+impl std::fmt::Display for BootstrapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Built(_) => f.write_str("agent bootstrap"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    pub config_path: PathBuf,
+    pub bootstrap: BootstrapSource,
     /// How long listeners drain on update, removal and shutdown.
     pub drain_time: Duration,
     pub service_node: Option<String>,
@@ -24,7 +42,10 @@ pub struct ProxyOptions {
 }
 
 pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyhow::Result<()> {
-    let mut bootstrap = bootstrap::load(&opts.config_path)?;
+    let mut bootstrap = match &opts.bootstrap {
+        BootstrapSource::File(path) => bootstrap::load(path)?,
+        BootstrapSource::Built(b) => (**b).clone(),
+    };
     {
         let node = bootstrap.node.get_or_insert_with(Default::default);
         if let Some(id) = &opts.service_node {
@@ -44,12 +65,7 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
     let statics = bootstrap.static_resources.clone().unwrap_or_default();
     store
         .load_static(statics.listeners, statics.clusters, statics.secrets)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "invalid static_resources in {}: {e}",
-                opts.config_path.display()
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("invalid static_resources in {}: {e}", opts.bootstrap))?;
 
     let state = Arc::new(AdminState {
         store: Arc::clone(&store),
@@ -80,7 +96,7 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
             Arc::clone(&state),
         )?;
     }
-    tracing::info!(config = %opts.config_path.display(), "trellis proxy started");
+    tracing::info!(config = %opts.bootstrap, "trellis proxy started");
 
     wait_for_shutdown(&state).await;
     tracing::info!(drain_time = ?opts.drain_time, "draining listeners");

