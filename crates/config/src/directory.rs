@@ -91,8 +91,10 @@ fn identity(o: &api::Object) -> (String, String, String, String) {
 /// Loads every configuration file under `dir` once: parses, validates
 /// (Istio kinds with `api::validate`, local manifest kinds with
 /// `registry::local::validate`), leaves out and reports bad objects, and
-/// reports an object defined twice (the first definition, in path order,
-/// wins). The snapshot's generation is 1.
+/// reports an object defined twice. As with `kubectl apply`, the definition
+/// written last wins: files are read oldest first (path order among equals),
+/// so dropping a new VirtualService for `reviews` into the directory takes
+/// over from the one already there. The snapshot's generation is 1.
 pub fn load_dir(dir: &Path) -> ConfigSnapshot {
     let mut snapshot = ConfigSnapshot {
         generation: 1,
@@ -107,8 +109,13 @@ pub fn load_dir(dir: &Path) -> ConfigSnapshot {
             return snapshot;
         }
     };
-    let mut seen: BTreeMap<(String, String, String, String), String> = BTreeMap::new();
-    for file in files {
+    let mut files: Vec<(Option<SystemTime>, PathBuf)> = files
+        .into_iter()
+        .map(|f| (std::fs::metadata(&f).and_then(|m| m.modified()).ok(), f))
+        .collect();
+    files.sort();
+    let mut seen: BTreeMap<(String, String, String, String), (String, usize)> = BTreeMap::new();
+    for (_, file) in files {
         let (objects, load_errors) = api::load::load_file(&file);
         snapshot
             .errors
@@ -127,16 +134,21 @@ pub fn load_dir(dir: &Path) -> ConfigSnapshot {
                     .extend(v.errors.iter().map(ToString::to_string));
                 continue;
             }
-            if let Some(first) = seen.get(&identity(&object)) {
-                snapshot.errors.push(format!(
-                    "{}: {} {}: metadata.name: already defined in {first}; this definition is ignored",
+            if let Some((earlier, index)) = seen.get(&identity(&object)).cloned() {
+                snapshot.warnings.push(format!(
+                    "{}: {} {}: metadata.name: also defined in {earlier}; the definition written last is used",
                     object.origin,
                     object.kind,
                     object.key()
                 ));
+                seen.insert(identity(&object), (object.origin.clone(), index));
+                snapshot.objects[index] = object;
                 continue;
             }
-            seen.insert(identity(&object), object.origin.clone());
+            seen.insert(
+                identity(&object),
+                (object.origin.clone(), snapshot.objects.len()),
+            );
             snapshot.objects.push(object);
         }
     }

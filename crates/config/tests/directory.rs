@@ -71,20 +71,20 @@ fn bookinfo_directory_loads_and_builds_the_registry() {
     let snap = load_dir(&dir.0);
     assert!(snap.errors.is_empty(), "{:#?}", snap.errors);
     assert_eq!(snap.generation, 1);
-    let origins: Vec<&str> = snap.objects.iter().map(|o| o.origin.as_str()).collect();
-    let mut sorted = origins.clone();
-    sorted.sort();
-    assert_eq!(origins, sorted, "sorted by path");
     let k = keys(&snap);
-    // Path order: istio/destination-rule-all.yaml, istio/egress/external.yml,
-    // workloads.yaml (documents in file order).
+    // Files are read oldest first: workloads.yaml (documents in file order),
+    // then the DestinationRules, then the ServiceEntry.
+    assert_eq!(
+        k.first().map(String::as_str),
+        Some("Service default/productpage")
+    );
+    assert!(k.contains(&"Workload default/ratings-v1".to_string()));
     assert_eq!(
         k.last().map(String::as_str),
-        Some("Workload default/ratings-v1")
+        Some("ServiceEntry default/ext")
     );
-    assert!(k.contains(&"ServiceEntry default/ext".to_string()));
     if have_dr {
-        assert_eq!(k[0], "DestinationRule default/productpage");
+        assert!(k.contains(&"DestinationRule default/productpage".to_string()));
     }
 
     let (manifest, diags) = registry::LocalManifest::from_objects(&snap.objects);
@@ -124,9 +124,9 @@ fn bad_objects_are_reported_with_file_and_field_and_left_out() {
     let bad = bad.display().to_string();
     let broken = broken.display().to_string();
     let e = &snap.errors;
-    assert_eq!(e.len(), 5, "{e:#?}");
+    assert_eq!(e.len(), 4, "{e:#?}");
     // bad.yaml (the load error, then validation errors in document order),
-    // broken.yaml, then dup/again.yaml.
+    // then broken.yaml; files are read oldest first.
     assert!(
         e[0].starts_with(&format!(
             "{bad}:15: VirtualService default/typo: spec.htp: unknown field"
@@ -149,11 +149,21 @@ fn bad_objects_are_reported_with_file_and_field_and_left_out() {
         e[3].starts_with(&format!("{broken}:1: invalid YAML")),
         "{e:#?}"
     );
+    // dup/again.yaml was written last, so its DestinationRule replaces the
+    // one in bad.yaml (as a later `kubectl apply` would), with a warning.
+    let w = &snap.warnings;
     assert!(
-        e[4].contains("again.yaml: DestinationRule default/ok: metadata.name: already defined in")
-            && e[4].contains("bad.yaml"),
-        "{e:#?}"
+        w.iter().any(|w| w
+            .contains("again.yaml: DestinationRule default/ok: metadata.name: also defined in")
+            && w.contains("bad.yaml")),
+        "{w:#?}"
     );
+    let dr = snap
+        .objects
+        .iter()
+        .find(|o| o.kind == "DestinationRule")
+        .expect("dr");
+    assert!(dr.origin.ends_with("again.yaml"), "{}", dr.origin);
 }
 
 fn wait_for(

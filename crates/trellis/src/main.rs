@@ -33,6 +33,12 @@ enum Command {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Run a whole mesh on this machine: control plane, gateway, sidecars, workloads.
     Up(up::UpArgs),
+    /// Check Istio YAML the way istioctl analyze does; non-zero exit on errors.
+    Analyze(ctl::AnalyzeArgs),
+    /// Every proxy connected to the control plane and its sync state.
+    ProxyStatus(ctl::ProxyStatusArgs),
+    /// What one proxy holds: listeners, routes, clusters, endpoints, secrets.
+    ProxyConfig(ctl::ProxyConfigArgs),
 }
 
 /// Flags follow Envoy's where they overlap, so Trellis drops in where Envoy runs.
@@ -138,6 +144,15 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => {
             init_logs("info")?;
             runtime(None)?.block_on(up::run(args))
+        }
+        Command::Analyze(args) => {
+            std::process::exit(ctl::analyze::run(&args, &mut std::io::stdout())?)
+        }
+        Command::ProxyStatus(args) => {
+            std::process::exit(ctl::status::run(&args, &mut std::io::stdout())?)
+        }
+        Command::ProxyConfig(args) => {
+            std::process::exit(ctl::proxy_config::run(&args, &mut std::io::stdout())?)
         }
     }
 }

@@ -322,6 +322,7 @@ pub struct ClusterStats {
     pub upstream_rq_total: AtomicU64,
     pub upstream_cx_connect_fail: AtomicU64,
     pub upstream_rq_timeout: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
     pub upstream_rq_2xx: AtomicU64,
     pub upstream_rq_4xx: AtomicU64,
     pub upstream_rq_5xx: AtomicU64,

@@ -3,6 +3,7 @@
 //! Envoy's local replies and response flags.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,9 +18,10 @@ use route::{Forward, RequestView, RouteTable, Selected, Variable};
 
 use super::flags::Flag;
 use super::local_reply;
+use super::retry::{Attempt, RETRY_BODY_LIMIT, RetryPlan};
 use super::service::{ConnInfo, RequestState};
 use crate::body::{self, Body};
-use crate::cluster::{Cluster, UpstreamError, UpstreamProtocol, Version as UpVersion};
+use crate::cluster::{Cluster, Host, UpstreamError, UpstreamProtocol, Version as UpVersion};
 
 static EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
@@ -336,61 +338,126 @@ pub(super) async fn forward(
     } else {
         None
     };
-    let upstream_body = if mirrors.is_empty() {
-        body::incoming(body)
+    // Istio gives every route a retry policy; upgrades and CONNECT are not retried.
+    let retry = ctx
+        .forward
+        .retry_policy
+        .as_ref()
+        .filter(|_| upgrade.is_none())
+        .map(RetryPlan::new)
+        .filter(|p| p.num_retries > 0);
+    // Bodies are buffered when they must be replayed (retries, mirrors). A
+    // body that may exceed the retry limit is streamed once, unretried.
+    let body_fits = http_body::Body::size_hint(&body)
+        .upper()
+        .is_some_and(|n| n <= RETRY_BODY_LIMIT as u64);
+    let retry = retry.filter(|_| body_fits || !mirrors.is_empty());
+    let mut streamed = None;
+    let buffered: Option<Bytes> = if mirrors.is_empty() && retry.is_none() {
+        streamed = Some(body::incoming(body));
+        None
     } else {
-        match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT)
-            .collect()
-            .await
-        {
+        let limit = if mirrors.is_empty() {
+            RETRY_BODY_LIMIT
+        } else {
+            MIRROR_BODY_LIMIT
+        };
+        match http_body_util::Limited::new(body, limit).collect().await {
             Ok(collected) => {
                 let bytes = collected.to_bytes();
                 spawn_mirrors(
                     &mirrors, ctx.conn, parts, &headers, &path, &authority, &bytes,
                 );
-                body::full(bytes)
+                Some(bytes)
             }
             Err(_) => return Err(local_reply::reply(StatusCode::PAYLOAD_TOO_LARGE, "", grpc)),
         }
     };
+    let empty_body = buffered.as_ref().map(Bytes::is_empty).unwrap_or_else(|| {
+        streamed
+            .as_ref()
+            .is_some_and(http_body::Body::is_end_stream)
+    });
 
     // Envoy's HTTP/1 codec states an empty body explicitly for methods that
     // may carry one (OPTIONS, POST...), so upstreams don't wait for one.
     if version == UpVersion::Http1
-        && http_body::Body::is_end_stream(&upstream_body)
+        && empty_body
         && !matches!(parts.method, http::Method::GET | http::Method::HEAD)
         && !headers.contains_key(header::CONTENT_LENGTH)
         && !headers.contains_key(header::TRANSFER_ENCODING)
     {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
-    let mut req = Request::new(upstream_body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = match version {
+    let http_version = match version {
         UpVersion::Http1 => Version::HTTP_11,
         UpVersion::Http2 => Version::HTTP_2,
     };
-    *req.headers_mut() = headers;
 
-    cluster
-        .stats
-        .upstream_rq_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    host.active
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The route timeout bounds all attempts together; a per-try timeout each.
+    let deadline = timeout.map(|t| Instant::now() + t);
     let sent_at = Instant::now();
-    let send = host.pool.send(req, version, cluster.spec.connect_timeout);
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, send).await {
-            Ok(r) => r,
-            Err(_) => {
-                host.active
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let mut host = host;
+    let mut tried: Vec<crate::addr::Target> = Vec::new();
+    let mut retries = 0u32;
+    let mut resp = loop {
+        let attempt_body = match (&buffered, streamed.take()) {
+            (Some(b), _) => body::full(b.clone()),
+            (None, Some(s)) => s,
+            (None, None) => body::empty(),
+        };
+        let mut req = Request::new(attempt_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = http_version;
+        *req.headers_mut() = headers.clone();
+        state.upstream_host = Some(host.target.to_string());
+        tried.push(host.target.clone());
+
+        cluster
+            .stats
+            .upstream_rq_total
+            .fetch_add(1, Ordering::Relaxed);
+        host.active.fetch_add(1, Ordering::Relaxed);
+        let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (per_try, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
+        let send = host.pool.send(req, version, cluster.spec.connect_timeout);
+        let result = match limit {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
+            None => Ok(send.await),
+        };
+        host.active.fetch_sub(1, Ordering::Relaxed);
+
+        let route_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
+        let retry_left = retry
+            .as_ref()
+            .filter(|r| retries < r.num_retries && !route_deadline_passed);
+        match result {
+            Err(()) => {
+                // A per-try timeout is retried like a reset; the route
+                // timeout ends the request.
+                let reset = UpstreamError::Reset("per-try timeout".into());
+                if let Some(r) = retry_left
+                    && !route_deadline_passed
+                    && r.should_retry(&Attempt::Failed(&reset))
+                {
+                    retries += 1;
+                    cluster
+                        .stats
+                        .upstream_rq_retry
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(r.back_off(retries)).await;
+                    host = next_host(&cluster, &host, &tried, r);
+                    continue;
+                }
                 cluster
                     .stats
                     .upstream_rq_timeout
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, Ordering::Relaxed);
                 state.flags.set(Flag::UpstreamRequestTimeout);
                 return Err(local_reply::reply(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -398,21 +465,58 @@ pub(super) async fn forward(
                     grpc,
                 ));
             }
-        },
-        None => send.await,
-    };
-    host.active
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            if matches!(e, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) {
-                cluster
-                    .stats
-                    .upstream_cx_connect_fail
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Err(e)) => {
+                if matches!(e, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) {
+                    cluster
+                        .stats
+                        .upstream_cx_connect_fail
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(r) = retry_left
+                    && r.should_retry(&Attempt::Failed(&e))
+                {
+                    retries += 1;
+                    cluster
+                        .stats
+                        .upstream_rq_retry
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(r.back_off(retries)).await;
+                    host = next_host(&cluster, &host, &tried, r);
+                    continue;
+                }
+                if retry
+                    .as_ref()
+                    .is_some_and(|r| retries >= r.num_retries && retries > 0)
+                {
+                    state.flags.set(Flag::UpstreamRetryLimitExceeded);
+                }
+                return Err(upstream_error_reply(&e, state));
             }
-            return Err(upstream_error_reply(&e, state));
+            Ok(Ok(resp)) => {
+                let retriable = retry.as_ref().is_some_and(|r| {
+                    r.should_retry(&Attempt::Responded {
+                        status: resp.status(),
+                        headers: resp.headers(),
+                    })
+                });
+                if retriable && let Some(r) = retry_left {
+                    cluster.stats.record_status(resp.status().as_u16());
+                    // The failed answer is dropped (its connection closes).
+                    drop(resp);
+                    retries += 1;
+                    cluster
+                        .stats
+                        .upstream_rq_retry
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(r.back_off(retries)).await;
+                    host = next_host(&cluster, &host, &tried, r);
+                    continue;
+                }
+                if retriable && retries > 0 {
+                    state.flags.set(Flag::UpstreamRetryLimitExceeded);
+                }
+                break resp;
+            }
         }
     };
     cluster.stats.record_status(resp.status().as_u16());
@@ -432,6 +536,32 @@ pub(super) async fn forward(
         );
     }
     Ok(resp)
+}
+
+/// The host for the next attempt: with the previous-hosts predicate, up to
+/// `host_selection_attempts` picks to find one not tried yet.
+fn next_host(
+    cluster: &Cluster,
+    current: &Arc<Host>,
+    tried: &[crate::addr::Target],
+    plan: &RetryPlan,
+) -> Arc<Host> {
+    let attempts = if plan.avoid_previous_hosts {
+        plan.host_selection_attempts.max(1)
+    } else {
+        1
+    };
+    let mut pick = None;
+    for _ in 0..attempts {
+        match cluster.pick() {
+            Some(h) if plan.avoid_previous_hosts && tried.contains(&h.target) => {
+                pick = Some(Arc::clone(h))
+            }
+            Some(h) => return Arc::clone(h),
+            None => break,
+        }
+    }
+    pick.unwrap_or_else(|| Arc::clone(current))
 }
 
 fn spawn_mirrors(
