@@ -425,6 +425,10 @@ fn apply_pool(c: &mut Cluster, pool: &ConnectionPoolSettings, port: &ServicePort
         if h2 {
             opts.upstream_protocol_options = Some(explicit_h2());
         }
+        // Envoy requires the upstream protocol whenever these options exist.
+        if opts.upstream_protocol_options.is_none() {
+            opts.upstream_protocol_options = Some(explicit_h1());
+        }
         c.typed_extension_protocol_options
             .insert(UPSTREAM_HTTP_OPTIONS.to_owned(), pb::any(&opts));
     }
@@ -435,6 +439,18 @@ fn current_http_options(c: &Cluster) -> HttpProtocolOptions {
         .get(UPSTREAM_HTTP_OPTIONS)
         .and_then(|a| prost::Message::decode(a.value.as_slice()).ok())
         .unwrap_or_default()
+}
+
+fn explicit_h1() -> http_protocol_options::UpstreamProtocolOptions {
+    http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+        http_protocol_options::ExplicitHttpConfig {
+            protocol_config: Some(
+                http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                    Default::default(),
+                ),
+            ),
+        },
+    )
 }
 
 fn explicit_h2() -> http_protocol_options::UpstreamProtocolOptions {

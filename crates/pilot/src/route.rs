@@ -320,11 +320,12 @@ fn route_action(
     let timeout = pb::duration(http.timeout.map(|t| t.get()).unwrap_or_default());
     // Istio: no route timeout unless set (0s disables Envoy's 15s default).
     action.timeout = Some(timeout);
-    action.max_stream_duration = Some(route_action::MaxStreamDuration {
-        max_stream_duration: Some(timeout),
-        grpc_timeout_header_max: Some(timeout),
-        ..Default::default()
-    });
+    // As Istio does for Envoy: the grpc-timeout header is capped by the same
+    // value (max_stream_duration is only for proxyless gRPC).
+    #[allow(deprecated)]
+    {
+        action.max_grpc_timeout = Some(timeout);
+    }
     action.retry_policy = retry_policy(scope.ctx, http.retries.as_ref());
 
     let dests: Vec<_> = http
@@ -832,11 +833,8 @@ pub(crate) fn default_route(scope: RouteScope<'_>, host: &str, port: u32) -> Rou
                 port, "", host,
             ))),
             timeout: Some(timeout),
-            max_stream_duration: Some(route_action::MaxStreamDuration {
-                max_stream_duration: Some(timeout),
-                grpc_timeout_header_max: Some(timeout),
-                ..Default::default()
-            }),
+            #[allow(deprecated)]
+            max_grpc_timeout: Some(timeout),
             retry_policy: retry_policy(scope.ctx, None),
             hash_policy: hash_policy(scope.node, scope.ctx, host, port, ""),
             ..Default::default()

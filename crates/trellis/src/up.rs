@@ -290,11 +290,24 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         wait_for_stop().await;
     }
     println!("trellis up: stopping");
-    for c in &mut children {
-        let _ = c.child.start_kill();
+    // SIGTERM first, so agents stop the Envoy they started and proxies
+    // drain; whatever is left after the grace period is killed.
+    for c in &children {
+        if let Some(pid) = c.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
     for c in &mut children {
-        let _ = tokio::time::timeout(Duration::from_secs(3), c.child.wait()).await;
+        if tokio::time::timeout(Duration::from_secs(3), c.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.child.start_kill();
+            let _ = c.child.wait().await;
+        }
         tracing::debug!(name = %c.name, "stopped");
     }
     Ok(())

@@ -243,7 +243,8 @@ fn upstream_protocol(proto: &ClusterProto) -> Result<UpstreamProtocol, (String, 
                 // ALPN-negotiated protocol needs upstream TLS; without it Envoy uses HTTP/1.1.
                 UpstreamProtocol::Fixed(Version::Http1)
             }
-            None => UpstreamProtocol::Fixed(Version::Http1),
+            // Envoy's proto validation requires it.
+            None => return Err((format!("{field}.upstream_protocol_options"), "is required".into())),
         });
     }
     #[allow(deprecated)]
