@@ -43,3 +43,25 @@ pub const MESH_GATEWAY: &str = "mesh";
 pub const WORKLOAD_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Protocol sniffing timeout (MeshConfig `protocolDetectionTimeout`).
 pub const PROTOCOL_DETECTION_TIMEOUT: Duration = Duration::from_millis(0);
+
+/// gRPC status names in code order (index = code), as VirtualService
+/// `fault.abort.grpcStatus` may name them.
+pub const GRPC_STATUS_NAMES: &[&str] = &[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];

@@ -759,30 +759,11 @@ fn fault_config(
 }
 
 fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     name.parse::<u32>().ok().or_else(|| {
-        CODES
+        api::defaults::GRPC_STATUS_NAMES
             .iter()
             .position(|c| c.eq_ignore_ascii_case(name))
-            .map(|i| i as u32)
+            .and_then(|i| u32::try_from(i).ok())
     })
 }
 

@@ -106,7 +106,8 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
     Ok(())
 }
 
-async fn wait_for_shutdown(state: &AdminState) {
+/// Resolves on Ctrl-C or SIGTERM, naming which arrived.
+pub async fn shutdown_signal() -> &'static str {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -116,8 +117,14 @@ async fn wait_for_shutdown(state: &AdminState) {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-        _ = term => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term => "SIGTERM",
+    }
+}
+
+async fn wait_for_shutdown(state: &AdminState) {
+    tokio::select! {
+        signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
         _ = state.shutdown.notified() => tracing::info!("/quitquitquit received"),
     }
 }

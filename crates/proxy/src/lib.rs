@@ -28,4 +28,4 @@ pub mod store;
 pub mod tcp_proxy;
 pub mod tls;
 
-pub use app::{BootstrapSource, ProxyOptions, run};
+pub use app::{BootstrapSource, ProxyOptions, run, shutdown_signal};

@@ -87,6 +87,7 @@ pub(crate) async fn start(
 
 pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let _cp = start(&args, Vec::new()).await?;
-    tokio::signal::ctrl_c().await?;
+    let signal = proxy::shutdown_signal().await;
+    tracing::info!(signal, "control plane stopping");
     Ok(())
 }

@@ -314,16 +314,5 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn wait_for_stop() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    proxy::shutdown_signal().await;
 }

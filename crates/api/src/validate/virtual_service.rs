@@ -14,26 +14,6 @@ const CORS_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
 ];
 
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// Does the VirtualService bind to anything other than the mesh?
 fn binds_gateway(vs: &VirtualService) -> bool {
     vs.gateways
@@ -606,7 +586,7 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
         if let Some(s) = a.http_status {
             r.check(format!("{p}.httpStatus"), http_status(s.into()));
         } else if let Some(g) = &a.grpc_status {
-            if !GRPC_STATUS.contains(&g.as_str()) {
+            if !crate::defaults::GRPC_STATUS_NAMES.contains(&g.as_str()) {
                 r.err(
                     format!("{p}.grpcStatus"),
                     format!("{g:?} is not a gRPC status name (such as \"UNAVAILABLE\")"),

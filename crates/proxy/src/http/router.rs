@@ -445,13 +445,7 @@ pub(super) async fn forward(
                     && !route_deadline_passed
                     && r.should_retry(&Attempt::Failed(&reset))
                 {
-                    retries += 1;
-                    cluster
-                        .stats
-                        .upstream_rq_retry
-                        .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(r.back_off(retries)).await;
-                    host = next_host(&cluster, &host, &tried, r);
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
                 cluster
@@ -475,13 +469,7 @@ pub(super) async fn forward(
                 if let Some(r) = retry_left
                     && r.should_retry(&Attempt::Failed(&e))
                 {
-                    retries += 1;
-                    cluster
-                        .stats
-                        .upstream_rq_retry
-                        .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(r.back_off(retries)).await;
-                    host = next_host(&cluster, &host, &tried, r);
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
                 if retry
@@ -503,13 +491,7 @@ pub(super) async fn forward(
                     cluster.stats.record_status(resp.status().as_u16());
                     // The failed answer is dropped (its connection closes).
                     drop(resp);
-                    retries += 1;
-                    cluster
-                        .stats
-                        .upstream_rq_retry
-                        .fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(r.back_off(retries)).await;
-                    host = next_host(&cluster, &host, &tried, r);
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
                 if retriable && retries > 0 {
@@ -536,6 +518,23 @@ pub(super) async fn forward(
         );
     }
     Ok(resp)
+}
+
+/// Counts a retry, waits out its back-off and picks the host to try next.
+async fn prepare_retry(
+    cluster: &Cluster,
+    host: &Arc<Host>,
+    tried: &[crate::addr::Target],
+    plan: &RetryPlan,
+    retries: &mut u32,
+) -> Arc<Host> {
+    *retries += 1;
+    cluster
+        .stats
+        .upstream_rq_retry
+        .fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(plan.back_off(*retries)).await;
+    next_host(cluster, host, tried, plan)
 }
 
 /// The host for the next attempt: with the previous-hosts predicate, up to
