@@ -117,7 +117,11 @@ fn bad_objects_are_reported_with_file_and_field_and_left_out() {
     let again = dir.write("dup/again.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: other}\n");
     // Written last, by a clear margin (file times are coarse).
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-    std::fs::File::options().write(true).open(&again).and_then(|f| f.set_modified(later)).expect("set mtime");
+    std::fs::File::options()
+        .write(true)
+        .open(&again)
+        .and_then(|f| f.set_modified(later))
+        .expect("set mtime");
 
     let snap = load_dir(&dir.0);
     assert_eq!(
