@@ -116,7 +116,7 @@ fn bad_objects_are_reported_with_file_and_field_and_left_out() {
     dir.write("good.json", r#"{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}, "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}"#);
     let again = dir.write("dup/again.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: other}\n");
     // Written last, by a clear margin (file times are coarse).
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
     std::fs::File::options()
         .write(true)
         .open(&again)
