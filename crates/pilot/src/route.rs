@@ -279,20 +279,7 @@ fn route_template(
         ))
     });
     if let Some(headers) = &http.headers {
-        if let Some(req) = &headers.request {
-            add_header_ops(
-                req,
-                &mut r.request_headers_to_add,
-                &mut r.request_headers_to_remove,
-            );
-        }
-        if let Some(resp) = &headers.response {
-            add_header_ops(
-                resp,
-                &mut r.response_headers_to_add,
-                &mut r.response_headers_to_remove,
-            );
-        }
+        add_route_headers(headers, &mut r);
     }
     if let Some(fault) = &http.fault {
         r.typed_per_filter_config.insert(
@@ -362,20 +349,7 @@ fn route_action(
             action.cluster_specifier = Some(route_action::ClusterSpecifier::Cluster(name));
             // A lone destination's header operations apply to the route.
             if let Some(h) = &d.headers {
-                if let Some(req) = &h.request {
-                    add_header_ops(
-                        req,
-                        &mut r.request_headers_to_add,
-                        &mut r.request_headers_to_remove,
-                    );
-                }
-                if let Some(resp) = &h.response {
-                    add_header_ops(
-                        resp,
-                        &mut r.response_headers_to_add,
-                        &mut r.response_headers_to_remove,
-                    );
-                }
+                add_route_headers(h, r);
             }
         }
         many => {
@@ -661,6 +635,24 @@ fn redirect_action(r: &HttpRedirect) -> RedirectAction {
 }
 
 /// `set` overwrites, `add` appends, `remove` removes.
+/// A VirtualService `headers` block (request and response operations) on a route.
+fn add_route_headers(headers: &api::networking::common::Headers, r: &mut Route) {
+    if let Some(req) = &headers.request {
+        add_header_ops(
+            req,
+            &mut r.request_headers_to_add,
+            &mut r.request_headers_to_remove,
+        );
+    }
+    if let Some(resp) = &headers.response {
+        add_header_ops(
+            resp,
+            &mut r.response_headers_to_add,
+            &mut r.response_headers_to_remove,
+        );
+    }
+}
+
 fn add_header_ops(
     ops: &HeaderOperations,
     add: &mut Vec<HeaderValueOption>,
