@@ -80,28 +80,46 @@ def eventually(fn, want, timeout=8.0):
     return got
 
 
+class AdsRig:
+    """One implementation driven over ADS: `trellis xds-serve` serves a resource
+    file (rewritten atomically by `publish`) to the proxy under test, whose
+    single listener is on `self.port`."""
+
+    def __init__(self, e2e, impl, name: str, api_type: str, initial):
+        self.port, xds_port, admin_port = free_port(), free_port(), free_port()
+        e2e.log_dir.mkdir(parents=True, exist_ok=True)
+        self.file = e2e.log_dir / f"{name}-{impl.label}.yaml"
+        self.publish(*initial(self.port))
+        self.server = e2e.registry.spawn(f"xds-serve-{impl.label}", [
+            str(trellis_bin()), "xds-serve", "--resources", str(self.file), "--listen", f"127.0.0.1:{xds_port}"])
+        wait_port("127.0.0.1", xds_port, proc=self.server)
+        self.proxy = e2e.start_proxy(impl.kind, ads_bootstrap(admin_port, xds_port, api_type))
+
+    def publish(self, *resources) -> None:
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump({"resources": list(resources)}, sort_keys=False))
+        tmp.replace(self.file)
+
+    def send(self, req=None):
+        return send(("127.0.0.1", self.port), req or Req("/"))
+
+    def served(self):
+        return self.send().service
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.server.stop()
+
+
 @pytest.mark.parametrize("api_type", ["GRPC", "DELTA_GRPC"])
 def test_ads_updates_and_nack(e2e, api_type):
     a, b = e2e.upstreams("alpha", "beta")
     results = {}
+    to_svc = [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
     for impl in e2e.implementations():
-        port, xds_port, admin_port = free_port(), free_port(), free_port()
-        res_file = e2e.log_dir / f"resources-{impl.label}.yaml"
-        e2e.log_dir.mkdir(parents=True, exist_ok=True)
-
-        def publish(*resources):
-            tmp = res_file.with_suffix(".tmp")
-            tmp.write_text(yaml.safe_dump({"resources": list(resources)}, sort_keys=False))
-            tmp.replace(res_file)
-
-        to_svc = [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
-        publish(listener(port), routes(to_svc), eds_cluster("svc"), assignment("svc", a.port))
-        server = e2e.registry.spawn(f"xds-serve-{impl.label}",
-                                    [str(trellis_bin()), "xds-serve", "--resources", str(res_file),
-                                     "--listen", f"127.0.0.1:{xds_port}"])
-        wait_port("127.0.0.1", xds_port, proc=server)
-        proxy = e2e.start_proxy(impl.kind, ads_bootstrap(admin_port, xds_port, api_type))
-        served = lambda: send(("127.0.0.1", port), Req("/")).service
+        rig = AdsRig(e2e, impl, "resources", api_type,
+                     lambda port: [listener(port), routes(to_svc), eds_cluster("svc"), assignment("svc", a.port)])
+        port, publish, served = rig.port, rig.publish, rig.served
         steps = []
         steps.append(eventually(served, "alpha/v1"))
         time.sleep(0.3)  # both implementations must see the same file versions, not a race
@@ -118,8 +136,7 @@ def test_ads_updates_and_nack(e2e, api_type):
         publish(listener(port), routes(direct), eds_cluster("svc"), assignment("svc", b.port))
         steps.append(eventually(lambda: send(("127.0.0.1", port), Req("/")).status, 299))
         results[impl.label] = steps
-        proxy.stop()
-        server.stop()
+        rig.stop()
     ref = results[e2e.reference.label]
     assert ref == ["alpha/v1", "beta/v1", "beta/v1", 299], ref
     assert results[e2e.impl.label] == ref

@@ -11,7 +11,7 @@ import yaml
 from harness.bootstrap import bootstrap, http_listener, prefix, route, route_config, static_cluster, vhost
 from harness.client import Req, send
 from harness.procs import free_port, trellis_bin, wait_port
-from test_ads import ads_bootstrap, assignment, eds_cluster, eventually, listener, routes
+from test_ads import AdsRig, assignment, eds_cluster, eventually, listener, routes
 
 
 def in_background(fn):
@@ -62,24 +62,12 @@ def test_listener_update_keeps_in_flight_request(e2e):
     request completes on the old configuration, new requests see the new one."""
     a, b = e2e.upstreams("old", "new")
     results = {}
+    to = lambda c: [{"match": {"prefix": "/"}, "route": {"cluster": c}}]
     for impl in e2e.implementations():
-        port, xds_port, admin_port = free_port(), free_port(), free_port()
-        res_file = e2e.log_dir / f"lifecycle-{impl.label}.yaml"
-        e2e.log_dir.mkdir(parents=True, exist_ok=True)
-
-        def publish(*resources):
-            tmp = res_file.with_suffix(".tmp")
-            tmp.write_text(yaml.safe_dump({"resources": list(resources)}, sort_keys=False))
-            tmp.replace(res_file)
-
-        to = lambda c: [{"match": {"prefix": "/"}, "route": {"cluster": c}}]
-        publish(listener(port), routes(to("old")), eds_cluster("old"), assignment("old", a.port),
-                eds_cluster("new"), assignment("new", b.port))
-        server = e2e.registry.spawn(f"xds-serve-{impl.label}", [str(trellis_bin()), "xds-serve", "--resources",
-                                                              str(res_file), "--listen", f"127.0.0.1:{xds_port}"])
-        wait_port("127.0.0.1", xds_port, proc=server)
-        proxy = e2e.start_proxy(impl.kind, ads_bootstrap(admin_port, xds_port, "GRPC"))
-        served = lambda: send(("127.0.0.1", port), Req("/")).service
+        rig = AdsRig(e2e, impl, "lifecycle", "GRPC", lambda port: [
+            listener(port), routes(to("old")), eds_cluster("old"), assignment("old", a.port),
+            eds_cluster("new"), assignment("new", b.port)])
+        port, publish, served = rig.port, rig.publish, rig.served
         first = eventually(served, "old/v1")
         pending = in_background(lambda: send(("127.0.0.1", port), Req("/", headers=[("x-demo-delay-ms", "1500")])))
         time.sleep(0.3)
@@ -93,8 +81,7 @@ def test_listener_update_keeps_in_flight_request(e2e):
         after = eventually(served, "new/v1")
         slow = pending()
         results[impl.label] = [first, (slow.status, slow.service), after]
-        proxy.stop()
-        server.stop()
+        rig.stop()
     ref = results[e2e.reference.label]
     assert ref == ["old/v1", (200, "old/v1"), "new/v1"], ref
     assert results[e2e.impl.label] == ref
