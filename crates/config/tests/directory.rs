@@ -39,6 +39,14 @@ impl Drop for TempDir {
     }
 }
 
+fn set_mtime(path: &Path, at: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(at))
+        .expect("set mtime");
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -67,6 +75,20 @@ fn bookinfo_directory_loads_and_builds_the_registry() {
     dir.write("istio/egress/external.yml", SE_DNS);
     dir.write("notes.txt", "not configuration");
     dir.write(".hidden/ignored.yaml", "kind: [broken");
+    // File times are coarse (files written in one tick share an mtime), so
+    // give each file its own, a second apart, in the order asserted below.
+    let base = std::time::SystemTime::now() - Duration::from_secs(60);
+    let order = [
+        "workloads.yaml",
+        "istio/destination-rule-all.yaml",
+        "istio/egress/external.yml",
+    ];
+    for (i, rel) in order.iter().enumerate() {
+        let path = dir.0.join(rel);
+        if path.exists() {
+            set_mtime(&path, base + Duration::from_secs(i as u64));
+        }
+    }
 
     let snap = load_dir(&dir.0);
     assert!(snap.errors.is_empty(), "{:#?}", snap.errors);
@@ -116,12 +138,10 @@ fn bad_objects_are_reported_with_file_and_field_and_left_out() {
     dir.write("good.json", r#"{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"}, "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}"#);
     let again = dir.write("dup/again.yaml", "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ok}\nspec: {host: other}\n");
     // Written last, by a clear margin (file times are coarse).
-    let later = std::time::SystemTime::now() + Duration::from_secs(5);
-    std::fs::File::options()
-        .write(true)
-        .open(&again)
-        .and_then(|f| f.set_modified(later))
-        .expect("set mtime");
+    set_mtime(
+        &again,
+        std::time::SystemTime::now() + Duration::from_secs(5),
+    );
 
     let snap = load_dir(&dir.0);
     assert_eq!(
