@@ -282,7 +282,7 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
         ));
         out.push((
             format!("cluster.{n}.membership_healthy"),
-            c.all_hosts.iter().filter(|h| h.healthy).count() as u64,
+            c.all_hosts.iter().filter(|h| h.is_healthy()).count() as u64,
         ));
     }
     for (cfg, stats) in state.store.listener_manager().active() {
@@ -352,18 +352,14 @@ fn clusters_text(state: &AdminState) -> String {
         let n = c.name();
         for h in &c.all_hosts {
             let t = &h.target;
-            let _ = writeln!(
-                out,
-                "{n}::{t}::rq_active::{}",
-                h.active.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(out, "{n}::{t}::cx_idle::{}", h.pool.idle_connections());
+            let _ = writeln!(out, "{n}::{t}::rq_active::{}", h.active());
+            let _ = writeln!(out, "{n}::{t}::cx_idle::{}", h.pool().idle_connections());
             let _ = writeln!(out, "{n}::{t}::weight::{}", h.weight);
             let _ = writeln!(out, "{n}::{t}::priority::{}", h.priority);
             let _ = writeln!(
                 out,
                 "{n}::{t}::health_flags::{}",
-                if h.healthy {
+                if h.is_healthy() {
                     "healthy"
                 } else {
                     "/failed_eds_health"

@@ -25,11 +25,15 @@ const MAX_SCHEDULE: usize = 4096;
 
 impl LoadBalancer {
     pub fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> Self {
-        let best_priority = hosts.iter().filter(|h| h.healthy).map(|h| h.priority).min();
+        let best_priority = hosts
+            .iter()
+            .filter(|h| h.is_healthy())
+            .map(|h| h.priority)
+            .min();
         let eligible: Vec<usize> = hosts
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.healthy && Some(h.priority) == best_priority)
+            .filter(|(_, h)| h.is_healthy() && Some(h.priority) == best_priority)
             .map(|(i, _)| i)
             .collect();
         let total: usize = eligible.iter().map(|&i| hosts[i].weight as usize).sum();
@@ -71,8 +75,7 @@ impl LoadBalancer {
             LbPolicy::LeastRequest if n > 1 => {
                 let a = self.schedule[rand::random_range(0..n)];
                 let b = self.schedule[rand::random_range(0..n)];
-                if hosts[b].active.load(Ordering::Relaxed) < hosts[a].active.load(Ordering::Relaxed)
-                {
+                if hosts[b].active() < hosts[a].active() {
                     b
                 } else {
                     a

@@ -6,14 +6,17 @@
 //! value the router picks hosts from. Hosts are shared between successive
 //! `Cluster` values so that their connection pools survive updates.
 
+pub mod health_check;
 mod lb;
+pub mod outlier;
 pub mod pool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster as ClusterProto, cluster};
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
@@ -175,45 +178,53 @@ impl ClusterSpec {
             Discovery::Eds { .. } => eds,
             _ => self.static_assignment.as_ref(),
         };
-        let endpoints = match cla {
+        let assignment = match cla {
             Some(cla) => {
                 endpoints_of(cla, self.discovery == Discovery::Dns).map_err(|(field, msg)| {
                     ErrorScope::new("cluster_load_assignment", &cla.cluster_name).err(field, msg)
                 })?
             }
-            None => Vec::new(),
+            None => Assignment {
+                endpoints: Vec::new(),
+                localities: Vec::new(),
+                overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            },
         };
-        let mut reuse: HashMap<&Target, &Arc<Host>> = HashMap::new();
+        let mut reuse: HashMap<&Target, &Arc<HostState>> = HashMap::new();
         if let Some(prev) = previous {
             for h in &prev.all_hosts {
-                reuse.insert(&h.target, h);
+                reuse.insert(&h.target, &h.state);
             }
         }
-        let mut hosts = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
-            let host = match reuse.get(&ep.target) {
-                Some(h)
-                    if h.weight == ep.weight
-                        && h.healthy == ep.healthy
-                        && h.priority == ep.priority =>
-                {
-                    Arc::clone(h)
-                }
-                Some(h) => Arc::new(Host {
-                    pool: Arc::clone(&h.pool),
-                    active: AtomicU64::new(0),
-                    ..ep
-                }),
-                None => Arc::new(ep),
-            };
-            hosts.push(host);
-        }
+        let hosts: Vec<Arc<Host>> = assignment
+            .endpoints
+            .into_iter()
+            .map(|ep| {
+                let state = reuse
+                    .get(&ep.target)
+                    .map(|s| Arc::clone(s))
+                    .unwrap_or_else(|| HostState::new(&ep.target));
+                Arc::new(Host {
+                    target: ep.target,
+                    hostname: ep.hostname,
+                    weight: ep.weight,
+                    priority: ep.priority,
+                    locality: ep.locality,
+                    eds_health: ep.eds_health,
+                    state,
+                })
+            })
+            .collect();
         let lb = LoadBalancer::new(self.lb_policy, &hosts);
+        // Envoy keys stats by cluster name, so they outlive updates.
+        let stats = previous.map_or_else(Default::default, |p| Arc::clone(&p.stats));
         Ok(Cluster {
             spec: self.clone(),
             all_hosts: hosts,
-            lb,
-            stats: ClusterStats::default(),
+            localities: assignment.localities,
+            overprovisioning_factor: assignment.overprovisioning_factor,
+            lb: ArcSwap::from_pointee(lb),
+            stats,
         })
     }
 }
@@ -254,25 +265,154 @@ fn upstream_protocol(proto: &ClusterProto) -> Result<UpstreamProtocol, (String, 
     Ok(UpstreamProtocol::Fixed(Version::Http1))
 }
 
-/// One upstream endpoint.
+/// An endpoint's health as EDS states it (Envoy's `health_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdsHealth {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// Bits of [`HostState::health_flags`]: reasons, found at run time, for
+/// which a host is unhealthy regardless of what EDS says.
+pub mod health_flag {
+    /// Ejected by outlier detection.
+    pub const FAILED_OUTLIER_CHECK: u32 = 1;
+    /// Failed active health checking.
+    pub const FAILED_ACTIVE_HC: u32 = 1 << 1;
+    /// Not yet checked by active health checking (counts as unhealthy).
+    pub const PENDING_ACTIVE_HC: u32 = 1 << 2;
+}
+
+/// One upstream endpoint: what EDS says about it, plus the run-time state
+/// that outlives cluster and endpoint updates which keep the endpoint.
 #[derive(Debug)]
 pub struct Host {
     pub target: Target,
+    /// `endpoint.hostname`, used for hashing when the LB asks for it.
+    pub hostname: String,
     pub weight: u32,
     pub priority: u32,
-    pub healthy: bool,
+    /// Index into [`Cluster::localities`].
+    pub locality: usize,
+    pub eds_health: EdsHealth,
+    pub state: Arc<HostState>,
+}
+
+/// Run-time state of a host, shared by every `Host` value for the same
+/// endpoint across updates.
+#[derive(Debug)]
+pub struct HostState {
+    pub pool: Arc<HostPool>,
     /// Requests in flight, for least-request balancing and admin output.
     pub active: AtomicU64,
-    pub pool: Arc<HostPool>,
+    /// [`health_flag`] bits.
+    pub health_flags: AtomicU32,
+    pub outlier: outlier::HostOutlier,
+    pub health_check: health_check::HostHealthCheck,
 }
+
+impl HostState {
+    fn new(target: &Target) -> Arc<Self> {
+        Arc::new(Self {
+            pool: HostPool::new(target.clone()),
+            active: AtomicU64::new(0),
+            health_flags: AtomicU32::new(0),
+            outlier: outlier::HostOutlier::default(),
+            health_check: health_check::HostHealthCheck::default(),
+        })
+    }
+}
+
+/// What the load balancer sees: EDS health combined with run-time flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Host {
+    pub fn health(&self) -> Health {
+        if self.state.health_flags.load(Ordering::Relaxed) != 0 {
+            return Health::Unhealthy;
+        }
+        match self.eds_health {
+            EdsHealth::Healthy => Health::Healthy,
+            EdsHealth::Degraded => Health::Degraded,
+            EdsHealth::Unhealthy => Health::Unhealthy,
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health() == Health::Healthy
+    }
+
+    pub fn active(&self) -> u64 {
+        self.state.active.load(Ordering::Relaxed)
+    }
+
+    pub fn pool(&self) -> &Arc<HostPool> {
+        &self.state.pool
+    }
+}
+
+/// A `LocalityLbEndpoints` group: where hosts live and its weight.
+#[derive(Debug, Clone)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+    /// `load_balancing_weight`; localities without one get no traffic when
+    /// locality-weighted balancing is on.
+    pub weight: Option<u32>,
+    pub priority: u32,
+}
+
+/// One `LbEndpoint` as validated, before it is given run-time state.
+struct Endpoint {
+    target: Target,
+    hostname: String,
+    weight: u32,
+    priority: u32,
+    locality: usize,
+    eds_health: EdsHealth,
+}
+
+/// What a `ClusterLoadAssignment` holds, validated.
+struct Assignment {
+    endpoints: Vec<Endpoint>,
+    localities: Vec<Locality>,
+    overprovisioning_factor: u32,
+}
+
+/// Envoy's default: a priority level takes all traffic until less than
+/// 1/1.4 of its hosts are healthy.
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 
 fn endpoints_of(
     cla: &ClusterLoadAssignment,
     allow_dns: bool,
-) -> Result<Vec<Host>, (String, String)> {
-    let mut out = Vec::new();
-    for (li, locality) in cla.endpoints.iter().enumerate() {
-        for (ei, lb_ep) in locality.lb_endpoints.iter().enumerate() {
+) -> Result<Assignment, (String, String)> {
+    let mut endpoints = Vec::new();
+    let mut localities = Vec::with_capacity(cla.endpoints.len());
+    for (li, group) in cla.endpoints.iter().enumerate() {
+        let loc = group.locality.clone().unwrap_or_default();
+        let weight = group.load_balancing_weight.map(|w| w.value);
+        if weight == Some(0) {
+            return Err((
+                format!("endpoints[{li}].load_balancing_weight"),
+                "must be at least 1".into(),
+            ));
+        }
+        localities.push(Locality {
+            region: loc.region,
+            zone: loc.zone,
+            sub_zone: loc.sub_zone,
+            weight,
+            priority: group.priority,
+        });
+        for (ei, lb_ep) in group.lb_endpoints.iter().enumerate() {
             let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
             let endpoint = match &lb_ep.host_identifier {
                 Some(lb_endpoint::HostIdentifier::Endpoint(e)) => e,
@@ -299,22 +439,38 @@ fn endpoints_of(
                     "must be at least 1".into(),
                 ));
             }
-            let healthy = matches!(
-                HealthStatus::try_from(lb_ep.health_status),
-                Ok(HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded)
-            );
-            let pool = HostPool::new(target.clone());
-            out.push(Host {
+            let eds_health = match HealthStatus::try_from(lb_ep.health_status) {
+                Ok(HealthStatus::Unknown | HealthStatus::Healthy) => EdsHealth::Healthy,
+                Ok(HealthStatus::Degraded) => EdsHealth::Degraded,
+                _ => EdsHealth::Unhealthy,
+            };
+            endpoints.push(Endpoint {
                 target,
+                hostname: endpoint.hostname.clone(),
                 weight,
-                priority: locality.priority,
-                healthy,
-                active: AtomicU64::new(0),
-                pool,
+                priority: group.priority,
+                locality: li,
+                eds_health,
             });
         }
     }
-    Ok(out)
+    let overprovisioning_factor = cla
+        .policy
+        .as_ref()
+        .and_then(|p| p.overprovisioning_factor)
+        .map(|f| f.value)
+        .unwrap_or(DEFAULT_OVERPROVISIONING_FACTOR);
+    if overprovisioning_factor == 0 {
+        return Err((
+            "policy.overprovisioning_factor".into(),
+            "must be greater than 0".into(),
+        ));
+    }
+    Ok(Assignment {
+        endpoints,
+        localities,
+        overprovisioning_factor,
+    })
 }
 
 /// Counters Envoy exposes per cluster (`cluster.<name>.upstream_rq_total`...).
@@ -346,8 +502,12 @@ impl ClusterStats {
 pub struct Cluster {
     pub spec: ClusterSpec,
     pub all_hosts: Vec<Arc<Host>>,
-    lb: LoadBalancer,
-    pub stats: ClusterStats,
+    pub localities: Vec<Locality>,
+    /// From the assignment's `policy`, in percent (140 = 1.4).
+    pub overprovisioning_factor: u32,
+    /// Rebuilt by [`Cluster::refresh_lb`] when a host's health changes.
+    lb: ArcSwap<LoadBalancer>,
+    pub stats: Arc<ClusterStats>,
 }
 
 impl Cluster {
@@ -357,6 +517,15 @@ impl Cluster {
 
     /// Picks a host for one request, or `None` when no host is healthy.
     pub fn pick(&self) -> Option<&Arc<Host>> {
-        self.lb.pick(&self.all_hosts)
+        self.lb.load().pick(&self.all_hosts)
+    }
+
+    /// Rebuilds the load balancer from the hosts' current health; called by
+    /// outlier detection and health checking when they change a host.
+    pub fn refresh_lb(&self) {
+        self.lb.store(Arc::new(LoadBalancer::new(
+            self.spec.lb_policy,
+            &self.all_hosts,
+        )));
     }
 }

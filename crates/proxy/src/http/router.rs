@@ -418,19 +418,22 @@ pub(super) async fn forward(
             .stats
             .upstream_rq_total
             .fetch_add(1, Ordering::Relaxed);
-        host.active.fetch_add(1, Ordering::Relaxed);
+        host.state.active.fetch_add(1, Ordering::Relaxed);
         let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = match (per_try, remaining) {
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
         };
-        let send = host.pool.send(req, version, cluster.spec.connect_timeout);
+        let send = host
+            .state
+            .pool
+            .send(req, version, cluster.spec.connect_timeout);
         let result = match limit {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
             None => Ok(send.await),
         };
-        host.active.fetch_sub(1, Ordering::Relaxed);
+        host.state.active.fetch_sub(1, Ordering::Relaxed);
 
         let route_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
         let retry_left = retry
@@ -629,6 +632,7 @@ async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: Strin
     }
     // Mirrored responses are discarded; failures never reach the client.
     if let Ok(resp) = host
+        .state
         .pool
         .send(req, version, cluster.spec.connect_timeout)
         .await
