@@ -381,9 +381,6 @@ def burst(n: int, headers: dict) -> list:
         return list(ex.map(lambda _: get(headers=headers), range(n)))
 
 
-@pytest.mark.trellis_xfail(reason="circuit breakers are not implemented in the Trellis proxy (issue 3): "
-                           "with maxConnections 1 / http1MaxPendingRequests 1 every concurrent request is "
-                           "200 (Envoy: most are 503 with x-envoy-overloaded, flag UO)")
 def test_circuit_breaking(mesh):
     """Circuit breaking (our own DestinationRule on productpage, applied by the gateway's
     cluster): 20 concurrent slow requests (productpage delays 300ms) with maxConnections 1 and

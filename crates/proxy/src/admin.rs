@@ -284,6 +284,7 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
             format!("cluster.{n}.membership_healthy"),
             c.all_hosts.iter().filter(|h| h.is_healthy()).count() as u64,
         ));
+        breaker_stats(&mut out, n, &c.spec.breakers);
     }
     for (cfg, stats) in state.store.listener_manager().active() {
         let n = &cfg.address;
@@ -368,4 +369,46 @@ fn clusters_text(state: &AdminState) -> String {
         }
     }
     out
+}
+
+/// Envoy's overflow counters (summed over priorities, as Envoy's cluster
+/// stats are) and the per-priority `circuit_breakers.<p>.*_open` gauges.
+fn breaker_stats(out: &mut Vec<(String, u64)>, n: &str, breakers: &crate::cluster::Breakers) {
+    let all = breakers.all();
+    let sum = |f: fn(&crate::cluster::breaker::OverflowStats) -> &std::sync::atomic::AtomicU64| {
+        all.iter()
+            .map(|(_, r)| f(&r.stats).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    out.push((
+        format!("cluster.{n}.upstream_cx_overflow"),
+        sum(|s| &s.cx_overflow),
+    ));
+    out.push((
+        format!("cluster.{n}.upstream_rq_pending_overflow"),
+        // Envoy counts max_requests overflows here too.
+        sum(|s| &s.rq_pending_overflow) + sum(|s| &s.rq_overflow),
+    ));
+    out.push((
+        format!("cluster.{n}.upstream_rq_retry_overflow"),
+        sum(|s| &s.rq_retry_overflow),
+    ));
+    let in_use: Vec<[u64; 4]> = all.iter().map(|(_, r)| r.in_use()).collect();
+    out.push((
+        format!("cluster.{n}.upstream_rq_pending_active"),
+        in_use.iter().map(|u| u[1]).sum(),
+    ));
+    out.push((
+        format!("cluster.{n}.upstream_rq_active"),
+        in_use.iter().map(|u| u[2]).sum(),
+    ));
+    for (priority, r) in all {
+        let names = ["cx_open", "rq_pending_open", "rq_open", "rq_retry_open"];
+        for (name, open) in names.iter().zip(r.open()) {
+            out.push((
+                format!("cluster.{n}.circuit_breakers.{priority}.{name}"),
+                u64::from(open),
+            ));
+        }
+    }
 }

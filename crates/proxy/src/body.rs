@@ -24,3 +24,41 @@ pub fn full(data: impl Into<Bytes>) -> Body {
 pub fn incoming(body: hyper::body::Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }
+
+/// A body that keeps `guard` alive until the body is dropped: counters and
+/// permits that must last as long as the response is streaming.
+pub fn guarded<G: Send + Sync + 'static>(body: Body, guard: G) -> Body {
+    Guarded {
+        inner: body,
+        _guard: guard,
+    }
+    .boxed()
+}
+
+pin_project_lite::pin_project! {
+    struct Guarded<G> {
+        #[pin]
+        inner: Body,
+        _guard: G,
+    }
+}
+
+impl<G> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -177,6 +177,14 @@ impl ConfigStore {
                         errors.push(format!("cluster '{name}': conflicts with a static cluster"));
                         continue;
                     }
+                    // An unchanged cluster keeps its spec, and with it its
+                    // circuit-breaker counters and running cluster value.
+                    if let Some(prev) = state.specs.get(name)
+                        && prev.proto == *c
+                    {
+                        specs.insert(name.clone(), prev.clone());
+                        continue;
+                    }
                     match ClusterSpec::compile(c) {
                         Ok(s) => {
                             specs.insert(name.clone(), s);
@@ -303,8 +311,15 @@ impl ConfigStore {
                 }
                 continue;
             }
+            let prev = previous.clusters.get(name);
+            if let Some(prev) = prev
+                && prev.built_from(spec, cla)
+            {
+                clusters.insert(name.clone(), Arc::clone(prev));
+                continue;
+            }
             let cluster: Cluster = spec
-                .instantiate(cla, previous.clusters.get(name).map(|c| c.as_ref()))
+                .instantiate(cla, prev.map(|c| c.as_ref()))
                 .map_err(|e| e.to_string())?;
             clusters.insert(name.clone(), Arc::new(cluster));
         }

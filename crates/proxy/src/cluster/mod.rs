@@ -6,6 +6,7 @@
 //! value the router picks hosts from. Hosts are shared between successive
 //! `Cluster` values so that their connection pools survive updates.
 
+pub mod breaker;
 pub mod health_check;
 mod lb;
 pub mod outlier;
@@ -25,6 +26,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use prost::Message;
 
+pub use breaker::Breakers;
 pub use lb::LoadBalancer;
 use pool::HostPool;
 pub use pool::{UpstreamError, Version};
@@ -69,6 +71,12 @@ pub struct ClusterSpec {
     pub proto: ClusterProto,
     /// Endpoints from `load_assignment` (STATIC and DNS types).
     static_assignment: Option<ClusterLoadAssignment>,
+    /// Shared by every cluster value built from this spec.
+    pub breakers: Arc<Breakers>,
+    /// `max_requests_per_connection` from the protocol options; 0 is unlimited.
+    pub max_requests_per_connection: u32,
+    /// Idle upstream connections are closed after this long (Envoy: 1 h).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ClusterSpec {
@@ -137,6 +145,9 @@ impl ClusterSpec {
             }
         }
         let protocol = upstream_protocol(proto).map_err(|(field, msg)| scope.err(field, msg))?;
+        let breakers = Breakers::compile(proto.circuit_breakers.as_ref())
+            .map_err(|(field, msg)| scope.err(field, msg))?;
+        let (max_requests_per_connection, idle_timeout) = connection_limits(proto);
         let static_assignment = match discovery {
             Discovery::Static | Discovery::Dns => {
                 let cla = proto.load_assignment.clone().unwrap_or_default();
@@ -155,6 +166,9 @@ impl ClusterSpec {
             lb_policy,
             proto: proto.clone(),
             static_assignment,
+            breakers: Arc::new(breakers),
+            max_requests_per_connection,
+            idle_timeout,
         })
     }
 
@@ -223,10 +237,35 @@ impl ClusterSpec {
             all_hosts: hosts,
             localities: assignment.localities,
             overprovisioning_factor: assignment.overprovisioning_factor,
+            eds: eds.cloned(),
             lb: ArcSwap::from_pointee(lb),
             stats,
         })
     }
+}
+
+/// `max_requests_per_connection` and `idle_timeout` from
+/// `HttpProtocolOptions.common_http_protocol_options`, falling back to the
+/// deprecated cluster field as Envoy does.
+fn connection_limits(proto: &ClusterProto) -> (u32, Option<Duration>) {
+    let common = proto
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+        .and_then(|any| HttpProtocolOptions::decode(any.value.as_slice()).ok())
+        .and_then(|o| o.common_http_protocol_options);
+    #[allow(deprecated)]
+    let legacy = proto.max_requests_per_connection.map(|v| v.value);
+    let max = common
+        .as_ref()
+        .and_then(|c| c.max_requests_per_connection)
+        .map(|v| v.value)
+        .or(legacy)
+        .unwrap_or(0);
+    let idle = match common.as_ref().and_then(|c| c.idle_timeout.as_ref()) {
+        Some(d) => Some(crate::duration::to_std(d)).filter(|d| !d.is_zero()),
+        None => Some(Duration::from_secs(3600)),
+    };
+    (max, idle)
 }
 
 fn upstream_protocol(proto: &ClusterProto) -> Result<UpstreamProtocol, (String, String)> {
@@ -505,6 +544,9 @@ pub struct Cluster {
     pub localities: Vec<Locality>,
     /// From the assignment's `policy`, in percent (140 = 1.4).
     pub overprovisioning_factor: u32,
+    /// The EDS assignment this value was built from, to tell whether an
+    /// update changes anything.
+    eds: Option<ClusterLoadAssignment>,
     /// Rebuilt by [`Cluster::refresh_lb`] when a host's health changes.
     lb: ArcSwap<LoadBalancer>,
     pub stats: Arc<ClusterStats>,
@@ -518,6 +560,12 @@ impl Cluster {
     /// Picks a host for one request, or `None` when no host is healthy.
     pub fn pick(&self) -> Option<&Arc<Host>> {
         self.lb.load().pick(&self.all_hosts)
+    }
+
+    /// Whether this value is what `spec` and `eds` would build: the same
+    /// cluster definition (the same compiled spec) and the same endpoints.
+    pub fn built_from(&self, spec: &ClusterSpec, eds: Option<&ClusterLoadAssignment>) -> bool {
+        Arc::ptr_eq(&self.spec.breakers, &spec.breakers) && self.eds.as_ref() == eds
     }
 
     /// Rebuilds the load balancer from the hosts' current health; called by

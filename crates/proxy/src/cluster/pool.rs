@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -17,7 +17,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::breaker::{Permit, Resources};
 use crate::addr::Target;
 use crate::body::{Body, BoxError};
 
@@ -40,12 +42,37 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("connection termination: {0}")]
     Reset(String),
+    /// A circuit breaker refused the request (no connection, no room to wait).
+    #[error("overflow")]
+    Overflow,
 }
 
 pub struct HostPool {
     target: Target,
-    idle_h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    idle_h1: Mutex<Vec<IdleH1>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// Woken when an HTTP/1.1 connection comes back idle, for requests
+    /// pending on a connection.
+    idle_returned: Notify,
+}
+
+/// An idle HTTP/1.1 connection and what limits its reuse.
+struct IdleH1 {
+    sender: http1::SendRequest<Body>,
+    /// Requests this connection has carried.
+    served: u32,
+    since: Instant,
+}
+
+/// Per-cluster settings for one request through a host's pool.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions<'a> {
+    pub connect_timeout: Duration,
+    /// The circuit breakers of the request's priority.
+    pub resources: &'a Arc<Resources>,
+    /// 0 is unlimited.
+    pub max_requests_per_connection: u32,
+    pub idle_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for HostPool {
@@ -62,6 +89,7 @@ impl HostPool {
             target,
             idle_h1: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            idle_returned: Notify::new(),
         })
     }
 
@@ -91,41 +119,76 @@ impl HostPool {
         self: &Arc<Self>,
         req: Request<Body>,
         version: Version,
-        connect_timeout: Duration,
+        opts: SendOptions<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
         match version {
-            Version::Http1 => self.send_h1(req, connect_timeout).await,
-            Version::Http2 => self.send_h2(req, connect_timeout).await,
+            Version::Http1 => self.send_h1(req, opts).await,
+            Version::Http2 => self.send_h2(req, opts).await,
         }
     }
 
-    fn take_idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+    fn take_idle_h1(
+        &self,
+        idle_timeout: Option<Duration>,
+    ) -> Option<(http1::SendRequest<Body>, u32)> {
         let mut idle = self.idle_h1.lock().ok()?;
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+        while let Some(c) = idle.pop() {
+            let expired = idle_timeout.is_some_and(|t| c.since.elapsed() >= t);
+            if !expired && c.sender.is_ready() {
+                return Some((c.sender, c.served));
             }
         }
         None
     }
 
-    fn return_h1(&self, sender: http1::SendRequest<Body>) {
-        if let Ok(mut idle) = self.idle_h1.lock()
-            && idle.len() < MAX_IDLE_H1
-        {
-            idle.push(sender);
+    fn return_h1(
+        &self,
+        sender: http1::SendRequest<Body>,
+        served: u32,
+        idle_timeout: Option<Duration>,
+    ) {
+        if let Ok(mut idle) = self.idle_h1.lock() {
+            // Drop connections that sat idle too long (closing them).
+            if let Some(t) = idle_timeout {
+                idle.retain(|c| c.since.elapsed() < t);
+            }
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push(IdleH1 {
+                    sender,
+                    served,
+                    since: Instant::now(),
+                });
+            }
         }
+        self.idle_returned.notify_waiters();
     }
 
-    async fn send_h1(
-        self: &Arc<Self>,
-        req: Request<Body>,
-        timeout: Duration,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let mut sender = match self.take_idle_h1() {
-            Some(s) => s,
-            None => {
-                let stream = self.connect(timeout).await?;
+    /// An HTTP/1.1 connection for one request: an idle one, a new one if the
+    /// connection breaker allows, or else wait as a pending request (if the
+    /// pending breaker allows) until one of those becomes possible.
+    async fn h1_connection(
+        &self,
+        opts: &SendOptions<'_>,
+    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+        if let Some(c) = self.take_idle_h1(opts.idle_timeout) {
+            return Ok(c);
+        }
+        // From here on the request waits for a connection: a pending request.
+        let _pending = opts
+            .resources
+            .try_pending()
+            .ok_or(UpstreamError::Overflow)?;
+        loop {
+            let idle = self.idle_returned.notified();
+            let freed = opts.resources.connection_freed.notified();
+            tokio::pin!(idle, freed);
+            idle.as_mut().enable();
+            freed.as_mut().enable();
+            if let Some(c) = self.take_idle_h1(opts.idle_timeout) {
+                return Ok(c);
+            }
+            if let Some(permit) = opts.resources.try_connection() {
+                let stream = self.connect(opts.connect_timeout).await?;
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
                     .await
@@ -134,16 +197,44 @@ impl HostPool {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(error = %e, "upstream http/1.1 connection ended");
                     }
+                    // The connection breaker counts open connections.
+                    drop(permit);
                 });
-                sender
+                return Ok((sender, 0));
             }
+            tokio::select! {
+                _ = idle => {}
+                _ = freed => {}
+            }
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        opts: SendOptions<'_>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let (mut sender, served) = self.h1_connection(&opts).await?;
+        // Envoy checks max_requests when a request is given its connection,
+        // so a request that waited as pending may still overflow here.
+        let Some(permit) = opts.resources.try_request() else {
+            self.return_h1(sender, served, opts.idle_timeout);
+            return Err(UpstreamError::Overflow);
         };
         let resp = sender.send_request(req).await.map_err(reset_error)?;
+        let served = served.saturating_add(1);
+        // A connection that reached max_requests_per_connection is closed
+        // (dropped) instead of returned to the pool.
+        let reusable =
+            opts.max_requests_per_connection == 0 || served < opts.max_requests_per_connection;
         let pool = Arc::downgrade(self);
         Ok(resp.map(|body| {
             PooledBody {
                 inner: body,
-                sender: Some(sender),
+                _permit: permit,
+                sender: reusable.then_some(sender),
+                served,
+                idle_timeout: opts.idle_timeout,
                 pool,
             }
             .boxed()
@@ -153,14 +244,33 @@ impl HostPool {
     async fn send_h2(
         &self,
         req: Request<Body>,
-        timeout: Duration,
+        opts: SendOptions<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
         let mut sender = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
                 Some(s) if !s.is_closed() => s.clone(),
                 _ => {
-                    let stream = self.connect(timeout).await?;
+                    let permit = match opts.resources.try_connection() {
+                        Some(p) => p,
+                        None => {
+                            // Wait, as a pending request, for a connection slot.
+                            let _pending = opts
+                                .resources
+                                .try_pending()
+                                .ok_or(UpstreamError::Overflow)?;
+                            loop {
+                                let freed = opts.resources.connection_freed.notified();
+                                tokio::pin!(freed);
+                                freed.as_mut().enable();
+                                if let Some(p) = opts.resources.try_connection() {
+                                    break p;
+                                }
+                                freed.await;
+                            }
+                        }
+                    };
+                    let stream = self.connect(opts.connect_timeout).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .handshake(TokioIo::new(stream))
                         .await
@@ -169,6 +279,7 @@ impl HostPool {
                         if let Err(e) = conn.await {
                             tracing::debug!(error = %e, "upstream http/2 connection ended");
                         }
+                        drop(permit);
                     });
                     *slot = Some(sender.clone());
                     sender
@@ -176,8 +287,12 @@ impl HostPool {
             }
         };
         sender.ready().await.map_err(reset_error)?;
+        let permit = opts
+            .resources
+            .try_request()
+            .ok_or(UpstreamError::Overflow)?;
         let resp = sender.send_request(req).await.map_err(reset_error)?;
-        Ok(resp.map(crate::body::incoming))
+        Ok(resp.map(|b| crate::body::guarded(crate::body::incoming(b), permit)))
     }
 }
 
@@ -189,7 +304,11 @@ fn reset_error(e: hyper::Error) -> UpstreamError {
 /// the response has been read to the end.
 struct PooledBody {
     inner: Incoming,
+    /// The max_requests breaker counts the request until its response ends.
+    _permit: Permit,
     sender: Option<http1::SendRequest<Body>>,
+    served: u32,
+    idle_timeout: Option<Duration>,
     pool: Weak<HostPool>,
 }
 
@@ -199,9 +318,10 @@ impl PooledBody {
             // The connection becomes ready only after its task has seen the
             // end of the message, which happens after we saw it; wait for that
             // off the request path.
+            let (served, idle_timeout) = (self.served, self.idle_timeout);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.return_h1(sender);
+                    pool.return_h1(sender, served, idle_timeout);
                 }
             });
         }

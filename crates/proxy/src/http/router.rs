@@ -21,7 +21,10 @@ use super::local_reply;
 use super::retry::{Attempt, RETRY_BODY_LIMIT, RetryPlan};
 use super::service::{ConnInfo, RequestState};
 use crate::body::{self, Body};
+use crate::cluster::breaker::Permit;
+use crate::cluster::pool::SendOptions;
 use crate::cluster::{Cluster, Host, UpstreamError, UpstreamProtocol, Version as UpVersion};
+use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 
 static EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 static UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
@@ -29,6 +32,7 @@ static ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-hos
 static ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Largest request body buffered to send to mirror clusters as well.
@@ -100,12 +104,42 @@ fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response
             Flag::UpstreamConnectionTermination,
             "connection termination".to_string(),
         ),
+        UpstreamError::Overflow => (Flag::UpstreamOverflow, "overflow".to_string()),
     };
     state.flags.set(flag);
     let text = format!(
         "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
     );
     local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, &text, state.grpc)
+}
+
+/// 503 `UO` for a request a circuit breaker refused, marked with
+/// `x-envoy-overloaded` as Envoy marks it.
+fn overflow_reply(state: &mut RequestState, suppress_envoy_headers: bool) -> Response<Body> {
+    state.flags.set(Flag::UpstreamOverflow);
+    let mut resp = upstream_error_reply(&UpstreamError::Overflow, state);
+    if !suppress_envoy_headers {
+        resp.headers_mut()
+            .insert(OVERLOADED.clone(), HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// Counts a request in flight on a host (least-request balancing, admin
+/// output) for as long as it lives.
+struct ActiveRequest(Arc<Host>);
+
+impl ActiveRequest {
+    fn new(host: &Arc<Host>) -> Self {
+        host.state.active.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(host))
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.state.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -397,9 +431,21 @@ pub(super) async fn forward(
     // The route timeout bounds all attempts together; a per-try timeout each.
     let deadline = timeout.map(|t| Instant::now() + t);
     let sent_at = Instant::now();
+    let resources =
+        Arc::clone(cluster.spec.breakers.for_priority(
+            RoutingPriority::try_from(ctx.forward.proto.priority).unwrap_or_default(),
+        ));
+    let opts = SendOptions {
+        connect_timeout: cluster.spec.connect_timeout,
+        resources: &resources,
+        max_requests_per_connection: cluster.spec.max_requests_per_connection,
+        idle_timeout: cluster.spec.idle_timeout,
+    };
     let mut host = host;
     let mut tried: Vec<crate::addr::Target> = Vec::new();
     let mut retries = 0u32;
+    // Held from a retry's scheduling until the retried attempt ends.
+    let mut retry_permit: Option<Permit> = None;
     let mut resp = loop {
         let attempt_body = match (&buffered, streamed.take()) {
             (Some(b), _) => body::full(b.clone()),
@@ -418,27 +464,35 @@ pub(super) async fn forward(
             .stats
             .upstream_rq_total
             .fetch_add(1, Ordering::Relaxed);
-        host.state.active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveRequest::new(&host);
         let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let limit = match (per_try, remaining) {
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
         };
-        let send = host
-            .state
-            .pool
-            .send(req, version, cluster.spec.connect_timeout);
+        let send = host.state.pool.send(req, version, opts);
         let result = match limit {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
             None => Ok(send.await),
         };
-        host.state.active.fetch_sub(1, Ordering::Relaxed);
+        let attempt_retry_permit = retry_permit.take();
 
         let route_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
         let retry_left = retry
             .as_ref()
             .filter(|r| retries < r.num_retries && !route_deadline_passed);
+        // Whether to retry: the policy says so and the retry breaker has room.
+        let want_retry = |r: &RetryPlan, attempt: &Attempt<'_>, state: &mut RequestState| {
+            if !r.should_retry(attempt) {
+                return None;
+            }
+            let permit = resources.try_retry();
+            if permit.is_none() {
+                state.flags.set(Flag::UpstreamOverflow);
+            }
+            permit
+        };
         match result {
             Err(()) => {
                 // A per-try timeout is retried like a reset; the route
@@ -446,8 +500,10 @@ pub(super) async fn forward(
                 let reset = UpstreamError::Reset("per-try timeout".into());
                 if let Some(r) = retry_left
                     && !route_deadline_passed
-                    && r.should_retry(&Attempt::Failed(&reset))
+                    && let Some(p) = want_retry(r, &Attempt::Failed(&reset), state)
                 {
+                    retry_permit = Some(p);
+                    drop(attempt_retry_permit);
                     host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
@@ -462,6 +518,10 @@ pub(super) async fn forward(
                     grpc,
                 ));
             }
+            Ok(Err(UpstreamError::Overflow)) => {
+                // Envoy never retries a request the breakers refused.
+                return Err(overflow_reply(state, hcm.suppress_envoy_headers));
+            }
             Ok(Err(e)) => {
                 if matches!(e, UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) {
                     cluster
@@ -470,8 +530,10 @@ pub(super) async fn forward(
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(r) = retry_left
-                    && r.should_retry(&Attempt::Failed(&e))
+                    && let Some(p) = want_retry(r, &Attempt::Failed(&e), state)
                 {
+                    retry_permit = Some(p);
+                    drop(attempt_retry_permit);
                     host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
@@ -484,23 +546,39 @@ pub(super) async fn forward(
                 return Err(upstream_error_reply(&e, state));
             }
             Ok(Ok(resp)) => {
-                let retriable = retry.as_ref().is_some_and(|r| {
-                    r.should_retry(&Attempt::Responded {
-                        status: resp.status(),
-                        headers: resp.headers(),
-                    })
-                });
-                if retriable && let Some(r) = retry_left {
+                // Envoy never retries an answer marked as overloaded.
+                let overloaded = resp.headers().contains_key(&OVERLOADED);
+                let retriable = !overloaded
+                    && retry.as_ref().is_some_and(|r| {
+                        r.should_retry(&Attempt::Responded {
+                            status: resp.status(),
+                            headers: resp.headers(),
+                        })
+                    });
+                if retriable
+                    && let Some(r) = retry_left
+                    && let Some(p) = want_retry(
+                        r,
+                        &Attempt::Responded {
+                            status: resp.status(),
+                            headers: resp.headers(),
+                        },
+                        state,
+                    )
+                {
                     cluster.stats.record_status(resp.status().as_u16());
                     // The failed answer is dropped (its connection closes).
                     drop(resp);
+                    retry_permit = Some(p);
+                    drop(attempt_retry_permit);
                     host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
                     continue;
                 }
-                if retriable && retries > 0 {
+                if retriable && retry_left.is_none() && retries > 0 {
                     state.flags.set(Flag::UpstreamRetryLimitExceeded);
                 }
-                break resp;
+                // Breaker and least-request counts last until the body ends.
+                break resp.map(|b| body::guarded(b, (active, attempt_retry_permit)));
             }
         }
     };
@@ -631,12 +709,14 @@ async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: Strin
         req.headers_mut().remove(header::HOST);
     }
     // Mirrored responses are discarded; failures never reach the client.
-    if let Ok(resp) = host
-        .state
-        .pool
-        .send(req, version, cluster.spec.connect_timeout)
-        .await
-    {
+    let resources = cluster.spec.breakers.for_priority(RoutingPriority::Default);
+    let opts = SendOptions {
+        connect_timeout: cluster.spec.connect_timeout,
+        resources,
+        max_requests_per_connection: cluster.spec.max_requests_per_connection,
+        idle_timeout: cluster.spec.idle_timeout,
+    };
+    if let Ok(resp) = host.state.pool.send(req, version, opts).await {
         let _ = resp.into_body().collect().await;
     }
 }
