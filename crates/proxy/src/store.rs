@@ -45,6 +45,9 @@ pub struct State {
     pub routes: BTreeMap<String, Versioned<RouteConfiguration>>,
     pub endpoints: BTreeMap<String, Versioned<ClusterLoadAssignment>>,
     pub secrets: BTreeMap<String, Versioned<Secret>>,
+    /// Secrets the agent provides in-process (the workload certificate as
+    /// `default`, the trust bundle as `ROOTCA`): never requested over xDS.
+    pub local_secrets: BTreeMap<String, Versioned<Secret>>,
     /// Listeners waiting for a route or secret, with what they wait for.
     pub warming: BTreeMap<String, String>,
     specs: HashMap<String, ClusterSpec>,
@@ -117,6 +120,19 @@ impl ConfigStore {
     /// Read access for admin output.
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> Option<R> {
         self.state.lock().ok().map(|s| f(&s))
+    }
+
+    /// Replaces the agent-provided secrets (on start and on every
+    /// certificate rotation) and rebuilds what uses them; connections
+    /// already open keep their certificates.
+    pub fn set_local_secrets(&self, secrets: Vec<Secret>) -> Result<(), String> {
+        let mut state = self.state.lock().map_err(|_| "state poisoned")?;
+        let version = format!("{:?}", SystemTime::now());
+        state.local_secrets = secrets
+            .into_iter()
+            .map(|s| (s.name.clone(), versioned(&version, s)))
+            .collect();
+        self.publish(&mut state)
     }
 
     /// Loads the bootstrap's static resources. Errors here are fatal.
@@ -298,8 +314,34 @@ impl ConfigStore {
     /// Rebuilds the snapshot and reconciles listeners from `state`.
     fn publish(&self, state: &mut State) -> Result<(), String> {
         let previous = self.snapshot.load_full();
+        let secrets = all_secrets(state);
         let mut clusters = HashMap::new();
+        // New cluster values, with the ones they replace, to start once all are built.
+        let mut fresh: Vec<(Arc<Cluster>, Option<Arc<Cluster>>)> = Vec::new();
+        let mut cluster_sds = BTreeSet::new();
         for (name, spec) in &state.specs {
+            let needs = spec.transports.secret_names();
+            cluster_sds.extend(
+                needs
+                    .into_iter()
+                    .filter(|s| !is_local_secret(state, s)),
+            );
+            // TLS transports need their secrets: until SDS delivers them the
+            // cluster warms (its previous version, if any, keeps serving).
+            let tls = match spec.transports.build(&secrets) {
+                Ok(t) => t,
+                Err((_, crate::tls::TlsError::MissingSecret(secret))) => {
+                    tracing::info!(cluster = %name, %secret, "cluster warming");
+                    if let Some(prev) = previous.clusters.get(name) {
+                        clusters.insert(name.clone(), Arc::clone(prev));
+                    }
+                    continue;
+                }
+                Err((field, e)) => {
+                    let (field, msg) = crate::cluster::transport::field_error(&field, e);
+                    return Err(ErrorScope::new("cluster", name).err(field, msg).to_string());
+                }
+            };
             let cla = spec
                 .eds_name()
                 .and_then(|n| state.endpoints.get(n))
@@ -313,24 +355,29 @@ impl ConfigStore {
             }
             let prev = previous.clusters.get(name);
             if let Some(prev) = prev
-                && prev.built_from(spec, cla)
+                && prev.built_from(spec, cla, &tls)
             {
                 clusters.insert(name.clone(), Arc::clone(prev));
                 continue;
             }
             let cluster: Cluster = spec
-                .instantiate(cla, prev.map(|c| c.as_ref()))
+                .instantiate_with(cla, prev.map(|c| c.as_ref()), &tls)
                 .map_err(|e| e.to_string())?;
-            clusters.insert(name.clone(), Arc::new(cluster));
+            let cluster = Arc::new(cluster);
+            fresh.push((Arc::clone(&cluster), prev.cloned()));
+            clusters.insert(name.clone(), cluster);
+        }
+        // Outlier detection and health checking move to the new values.
+        for (cluster, prev) in &fresh {
+            cluster.start(prev.as_deref());
         }
         let routes = state.tables.clone();
         self.snapshot.store(Arc::new(Snapshot { clusters, routes }));
 
         // Listeners: compile, skip the ones still warming.
-        let secrets = all_secrets(state);
         let mut wanted = Vec::new();
         let mut rds = BTreeSet::new();
-        let mut sds = BTreeSet::new();
+        let mut sds = cluster_sds;
         let mut warming = BTreeMap::new();
         let mut active = HashMap::new();
         let all: Vec<(String, Listener)> = state
@@ -345,7 +392,7 @@ impl ConfigStore {
             sds.extend(
                 deps.secrets
                     .iter()
-                    .filter(|s| !state.static_secrets.contains_key(*s))
+                    .filter(|s| !is_local_secret(state, s))
                     .cloned(),
             );
             let missing_route = deps.routes.iter().find(|r| !state.tables.contains_key(*r));
@@ -388,10 +435,16 @@ impl ConfigStore {
     }
 }
 
+/// Secrets this proxy has without asking the control plane.
+fn is_local_secret(state: &State, name: &str) -> bool {
+    state.static_secrets.contains_key(name) || state.local_secrets.contains_key(name)
+}
+
 fn all_secrets(state: &State) -> crate::tls::Secrets {
     state
         .static_secrets
         .iter()
+        .chain(state.local_secrets.iter())
         .chain(state.secrets.iter())
         .map(|(n, v)| (n.clone(), v.resource.clone()))
         .collect()

@@ -124,12 +124,18 @@ impl TcpProxy {
         };
         let mut upstream = None;
         for _ in 0..self.max_connect_attempts {
-            let target = if cluster.spec.discovery == crate::cluster::Discovery::OriginalDst {
-                original_dst.map(Target::Ip)
+            let (target, host) = if cluster.spec.discovery == crate::cluster::Discovery::OriginalDst {
+                (original_dst.map(Target::Ip), None)
             } else {
-                cluster.pick().map(|h| h.target.clone())
+                let host = cluster.pick(&Default::default()).cloned();
+                (host.as_ref().map(|h| h.target.clone()), host)
             };
             let Some(target) = target else { break };
+            let report = |o: crate::cluster::outlier::Outcome| {
+                if let Some(h) = &host {
+                    cluster.report_outcome(h, o);
+                }
+            };
             let connect = async {
                 match &target {
                     Target::Ip(a) => TcpStream::connect(a).await,
@@ -139,12 +145,14 @@ impl TcpProxy {
             match tokio::time::timeout(cluster.spec.connect_timeout, connect).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
+                    report(crate::cluster::outlier::Outcome::Connected);
                     upstream = Some(s);
                     break;
                 }
                 Ok(Err(e)) => tracing::debug!(%target, error = %e, "tcp_proxy: connect failed"),
                 Err(_) => tracing::debug!(%target, "tcp_proxy: connect timed out"),
             }
+            report(crate::cluster::outlier::Outcome::ConnectFailed);
             cluster
                 .stats
                 .upstream_cx_connect_fail

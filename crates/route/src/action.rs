@@ -19,6 +19,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use http::{HeaderName, StatusCode};
 
 use crate::error::{Result, RouteError};
+use crate::hash_policy::HashPolicy;
 use crate::headers::HeaderMutations;
 use crate::matcher::Fraction;
 use crate::redirect::Redirect;
@@ -202,6 +203,8 @@ pub struct Forward {
     /// Effective hedge policy: the route's, else the virtual host's.
     pub hedge_policy: Option<HedgePolicy>,
     pub hash_policy: Vec<route_action::HashPolicy>,
+    /// `hash_policy`, compiled: the request hash for consistent-hashing balancers.
+    pub hash: HashPolicy,
     pub max_stream_duration: Option<route_action::MaxStreamDuration>,
     pub upgrade_configs: Vec<route_action::UpgradeConfig>,
     /// The raw action for everything else (priority, rate_limits, max_grpc_timeout, ...).
@@ -384,6 +387,7 @@ pub(crate) fn compile_forward(
             .or_else(|| inputs.vhost_retry.cloned()),
         hedge_policy: a.hedge_policy.or_else(|| inputs.vhost_hedge.copied()),
         hash_policy: a.hash_policy.clone(),
+        hash: HashPolicy::compile(&a.hash_policy, &f("hash_policy"))?,
         max_stream_duration: a.max_stream_duration,
         upgrade_configs: a.upgrade_configs.clone(),
         proto: a.clone(),

@@ -23,8 +23,8 @@
 //!   `prefix_rewrite`, `regex_rewrite`, `host_rewrite_literal`/`auto_host_rewrite`/
 //!   `host_rewrite_header`/`host_rewrite_path_regex`, `append_x_forwarded_host`, `timeout`
 //!   (15s default, 0 disables), `idle_timeout`, `request_mirror_policies` (most specific
-//!   non-empty level wins). Exposed raw for the proxy: `retry_policy`/`hedge_policy`
-//!   (route, else virtual host), `hash_policy`, `max_stream_duration`, `upgrade_configs`
+//!   non-empty level wins), `hash_policy` (see [`HashPolicy`]). Exposed raw for the proxy: `retry_policy`/`hedge_policy`
+//!   (route, else virtual host), `max_stream_duration`, `upgrade_configs`
 //!   and the whole `RouteAction` (`priority`, `rate_limits`, `max_grpc_timeout`,
 //!   `metadata_match`, `cors`, `flush_timeout`, `early_data_policy`, ...).
 //! * **Redirect**: every field except `path_rewrite` (see [`Redirect`] for port rules).
@@ -59,6 +59,7 @@ mod action;
 mod domain;
 mod error;
 mod format;
+mod hash_policy;
 mod headers;
 mod matcher;
 mod redirect;
@@ -73,6 +74,7 @@ pub use action::{
 };
 pub use error::RouteError;
 pub use format::{FormatContext, OTHER_OPERATORS, Variable};
+pub use hash_policy::{Downstream, HashPolicy, RequestHash, generated_cookie_value};
 pub use headers::{AppendAction, HeaderMutations};
 pub use matcher::Fraction;
 pub use redirect::Redirect;

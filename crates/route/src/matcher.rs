@@ -388,7 +388,7 @@ impl CookieMatch {
 
 /// Envoy's `parseCookieValue`: first cookie of that name across all `Cookie` headers,
 /// surrounding double quotes removed.
-fn cookie_value<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a [u8]> {
+pub(crate) fn cookie_value<'a>(req: &RequestView<'a>, name: &str) -> Option<&'a [u8]> {
     static COOKIE: HeaderName = http::header::COOKIE;
     for header in req.headers.get_all(&COOKIE) {
         for pair in header.as_bytes().split(|b| *b == b';') {

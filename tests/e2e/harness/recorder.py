@@ -12,7 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Recorder:
-    def __init__(self, name: str, host: str = "127.0.0.1"):
+    def __init__(self, name: str, host: str = "127.0.0.1", tls=None):
+        """tls: an ssl.SSLContext (server side) to serve HTTPS; the answer then carries
+        `x-peer-uri-san` (the client certificate's URI SANs) and `x-sni` (the SNI received)."""
         self.name = name
         self.requests: list[dict] = []
         self._lock = threading.Lock()
@@ -31,6 +33,11 @@ class Recorder:
                 out = b"recorded"
                 self.send_response(200)
                 self.send_header("x-demo-service", f"{rec.name}/v1")
+                if tls is not None:
+                    peer = self.connection.getpeercert() or {}
+                    uris = [v for k, v in peer.get("subjectAltName", ()) if k == "URI"]
+                    self.send_header("x-peer-uri-san", ",".join(uris) or "-")
+                    self.send_header("x-sni", rec.sni.get(self.connection.fileno(), "-"))
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()
                 self.wfile.write(out)
@@ -40,8 +47,14 @@ class Recorder:
             def log_message(self, *a):
                 pass
 
+        self.sni: dict[int, str] = {}
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            def remember_sni(sock, server_name, _ctx):
+                rec.sni[sock.fileno()] = server_name or "-"
+            tls.sni_callback = remember_sni
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.host, self.port = host, self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

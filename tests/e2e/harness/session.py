@@ -144,10 +144,11 @@ class E2E:
             return collections.Counter(key(o) for o in self.observe(p, [request] * n))
         return self.run_each(bootstrap, count)
 
-    def recorder(self, name: str, host: str = "127.0.0.1"):
-        """An in-process upstream that records the requests it receives (harness/recorder.py)."""
+    def recorder(self, name: str, host: str = "127.0.0.1", tls=None):
+        """An in-process upstream that records the requests it receives (harness/recorder.py);
+        with `tls` (an ssl.SSLContext) it serves HTTPS."""
         from .recorder import Recorder
-        r = Recorder(name, host)
+        r = Recorder(name, host, tls)
         self._closers.append(r.stop)
         return r
 

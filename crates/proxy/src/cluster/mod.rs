@@ -8,9 +8,10 @@
 
 pub mod breaker;
 pub mod health_check;
-mod lb;
+pub mod lb;
 pub mod outlier;
 pub mod pool;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +28,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use prost::Message;
 
 pub use breaker::Breakers;
-pub use lb::LoadBalancer;
+pub use lb::{LbConfig, LbContext, LoadBalancer};
 use pool::HostPool;
+use transport::{BuiltTransports, Transports};
+
+use crate::tls::client::{Transport, UpstreamTls};
 pub use pool::{UpstreamError, Version};
 
 use crate::addr::{self, Target};
@@ -67,16 +71,27 @@ pub struct ClusterSpec {
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     pub lb_policy: cluster::LbPolicy,
+    /// `lb_policy`, `lb_config` and `common_lb_config`, validated.
+    pub lb_config: Arc<LbConfig>,
     /// The resource as received, for `/config_dump`.
     pub proto: ClusterProto,
     /// Endpoints from `load_assignment` (STATIC and DNS types).
     static_assignment: Option<ClusterLoadAssignment>,
     /// Shared by every cluster value built from this spec.
     pub breakers: Arc<Breakers>,
+    /// Plaintext or TLS, per host.
+    pub transports: Transports,
     /// `max_requests_per_connection` from the protocol options; 0 is unlimited.
     pub max_requests_per_connection: u32,
     /// Idle upstream connections are closed after this long (Envoy: 1 h).
     pub idle_timeout: Option<Duration>,
+    /// `outlier_detection`, compiled (see [`outlier`]).
+    pub outlier: Option<Arc<outlier::OutlierConfig>>,
+    /// `health_checks`, compiled (see [`health_check`]).
+    pub health_checks: Option<Arc<health_check::HealthChecks>>,
+    /// Outlier and health-check state of this cluster name (stats, timers),
+    /// handed from value to value by [`Cluster::start`].
+    health: std::sync::OnceLock<Arc<outlier::ClusterHealth>>,
 }
 
 impl ClusterSpec {
@@ -118,41 +133,28 @@ impl ClusterSpec {
                 format!("unknown load balancing policy {}", proto.lb_policy),
             )
         })?;
-        match lb_policy {
-            cluster::LbPolicy::RoundRobin
-            | cluster::LbPolicy::LeastRequest
-            | cluster::LbPolicy::Random
-            | cluster::LbPolicy::ClusterProvided => {}
-            other => {
-                return Err(scope.err(
-                    "lb_policy",
-                    format!("{} is not supported yet", other.as_str_name()),
-                ));
-            }
-        }
-        if let Some(ts) = &proto.transport_socket {
-            let type_url = match &ts.config_type {
-                Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
-                    any.type_url.as_str()
-                }
-                None => "",
-            };
-            if !type_url.ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") {
-                return Err(scope.err(
-                    "transport_socket",
-                    format!("upstream transport socket '{type_url}' is not supported yet"),
-                ));
-            }
-        }
+        let lb_config = LbConfig::compile(proto).map_err(|(field, msg)| scope.err(field, msg))?;
+        let transports =
+            Transports::compile(proto).map_err(|(field, msg)| scope.err(field, msg))?;
         let protocol = upstream_protocol(proto).map_err(|(field, msg)| scope.err(field, msg))?;
         let breakers = Breakers::compile(proto.circuit_breakers.as_ref())
             .map_err(|(field, msg)| scope.err(field, msg))?;
         let (max_requests_per_connection, idle_timeout) = connection_limits(proto);
+        let outlier = proto
+            .outlier_detection
+            .as_ref()
+            .map(outlier::OutlierConfig::compile)
+            .transpose()
+            .map_err(|(field, msg)| scope.err(format!("outlier_detection.{field}"), msg))?
+            .map(Arc::new);
+        let health_checks = health_check::HealthChecks::compile(proto)
+            .map_err(|(field, msg)| scope.err(field, msg))?
+            .map(Arc::new);
         let static_assignment = match discovery {
             Discovery::Static | Discovery::Dns => {
                 let cla = proto.load_assignment.clone().unwrap_or_default();
                 // Validate the addresses now so a bad one is a NACK, not a runtime surprise.
-                endpoints_of(&cla, discovery == Discovery::Dns)
+                endpoints_of(&cla, discovery == Discovery::Dns, &transports)
                     .map_err(|(field, msg)| scope.err(format!("load_assignment.{field}"), msg))?;
                 Some(cla)
             }
@@ -164,11 +166,16 @@ impl ClusterSpec {
             connect_timeout: duration_or(proto.connect_timeout.as_ref(), Duration::from_secs(5)),
             protocol,
             lb_policy,
+            lb_config: Arc::new(lb_config),
             proto: proto.clone(),
             static_assignment,
             breakers: Arc::new(breakers),
+            transports,
             max_requests_per_connection,
             idle_timeout,
+            outlier,
+            health_checks,
+            health: Default::default(),
         })
     }
 
@@ -188,13 +195,24 @@ impl ClusterSpec {
         eds: Option<&ClusterLoadAssignment>,
         previous: Option<&Cluster>,
     ) -> Result<Cluster, ConfigError> {
+        self.instantiate_with(eds, previous, &BuiltTransports::default())
+    }
+
+    /// [`Self::instantiate`] with the cluster's transports built (TLS
+    /// hosts need them; without, every host is plaintext).
+    pub fn instantiate_with(
+        &self,
+        eds: Option<&ClusterLoadAssignment>,
+        previous: Option<&Cluster>,
+        tls: &BuiltTransports,
+    ) -> Result<Cluster, ConfigError> {
         let cla = match &self.discovery {
             Discovery::Eds { .. } => eds,
             _ => self.static_assignment.as_ref(),
         };
         let assignment = match cla {
             Some(cla) => {
-                endpoints_of(cla, self.discovery == Discovery::Dns).map_err(|(field, msg)| {
+                endpoints_of(cla, self.discovery == Discovery::Dns, &self.transports).map_err(|(field, msg)| {
                     ErrorScope::new("cluster_load_assignment", &cla.cluster_name).err(field, msg)
                 })?
             }
@@ -204,19 +222,23 @@ impl ClusterSpec {
                 overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
             },
         };
-        let mut reuse: HashMap<&Target, &Arc<HostState>> = HashMap::new();
+        // A host keeps its state (and pooled connections) only if it keeps
+        // its transport: a plaintext connection must not serve an mTLS host.
+        let mut reuse: HashMap<&Target, (&Arc<HostState>, &Arc<Transport>)> = HashMap::new();
         if let Some(prev) = previous {
             for h in &prev.all_hosts {
-                reuse.insert(&h.target, &h.state);
+                reuse.insert(&h.target, (&h.state, prev.spec.transports.transport(h.transport)));
             }
         }
         let hosts: Vec<Arc<Host>> = assignment
             .endpoints
             .into_iter()
             .map(|ep| {
+                let transport = self.transports.transport(ep.transport);
                 let state = reuse
                     .get(&ep.target)
-                    .map(|s| Arc::clone(s))
+                    .filter(|(_, t)| **t == *transport)
+                    .map(|(s, _)| Arc::clone(s))
                     .unwrap_or_else(|| HostState::new(&ep.target));
                 Arc::new(Host {
                     target: ep.target,
@@ -225,11 +247,21 @@ impl ClusterSpec {
                     priority: ep.priority,
                     locality: ep.locality,
                     eds_health: ep.eds_health,
+                    transport: ep.transport,
+                    tls: tls.get(ep.transport),
                     state,
                 })
             })
             .collect();
-        let lb = LoadBalancer::new(self.lb_policy, &hosts);
+        let prev_lb = previous.map(|p| p.lb.load_full());
+        let lb = LoadBalancer::new(
+            &self.lb_config,
+            &hosts,
+            &assignment.localities,
+            cla,
+            assignment.overprovisioning_factor,
+            prev_lb.as_deref(),
+        );
         // Envoy keys stats by cluster name, so they outlive updates.
         let stats = previous.map_or_else(Default::default, |p| Arc::clone(&p.stats));
         Ok(Cluster {
@@ -238,6 +270,7 @@ impl ClusterSpec {
             localities: assignment.localities,
             overprovisioning_factor: assignment.overprovisioning_factor,
             eds: eds.cloned(),
+            secrets_fingerprint: tls.fingerprint,
             lb: ArcSwap::from_pointee(lb),
             stats,
         })
@@ -335,6 +368,10 @@ pub struct Host {
     /// Index into [`Cluster::localities`].
     pub locality: usize,
     pub eds_health: EdsHealth,
+    /// Index of its transport in the cluster's [`Transports`].
+    pub transport: usize,
+    /// TLS settings for connections to it, when its transport is TLS.
+    pub tls: Option<Arc<UpstreamTls>>,
     pub state: Arc<HostState>,
 }
 
@@ -416,6 +453,7 @@ struct Endpoint {
     priority: u32,
     locality: usize,
     eds_health: EdsHealth,
+    transport: usize,
 }
 
 /// What a `ClusterLoadAssignment` holds, validated.
@@ -432,6 +470,7 @@ pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 fn endpoints_of(
     cla: &ClusterLoadAssignment,
     allow_dns: bool,
+    transports: &Transports,
 ) -> Result<Assignment, (String, String)> {
     let mut endpoints = Vec::new();
     let mut localities = Vec::with_capacity(cla.endpoints.len());
@@ -490,6 +529,7 @@ fn endpoints_of(
                 priority: group.priority,
                 locality: li,
                 eds_health,
+                transport: transports.select(lb_ep.metadata.as_ref(), group.metadata.as_ref()),
             });
         }
     }
@@ -547,6 +587,8 @@ pub struct Cluster {
     /// The EDS assignment this value was built from, to tell whether an
     /// update changes anything.
     eds: Option<ClusterLoadAssignment>,
+    /// The secrets its TLS transports were built from.
+    secrets_fingerprint: u64,
     /// Rebuilt by [`Cluster::refresh_lb`] when a host's health changes.
     lb: ArcSwap<LoadBalancer>,
     pub stats: Arc<ClusterStats>,
@@ -557,23 +599,69 @@ impl Cluster {
         &self.spec.name
     }
 
-    /// Picks a host for one request, or `None` when no host is healthy.
-    pub fn pick(&self) -> Option<&Arc<Host>> {
-        self.lb.load().pick(&self.all_hosts)
+    /// Picks a host for one request (see [`LbContext`]; `LbContext::default()` for a
+    /// request without a hash), or `None` when there is no host to pick.
+    pub fn pick(&self, ctx: &LbContext) -> Option<&Arc<Host>> {
+        self.lb.load().pick(&self.all_hosts, ctx)
     }
 
     /// Whether this value is what `spec` and `eds` would build: the same
     /// cluster definition (the same compiled spec) and the same endpoints.
-    pub fn built_from(&self, spec: &ClusterSpec, eds: Option<&ClusterLoadAssignment>) -> bool {
-        Arc::ptr_eq(&self.spec.breakers, &spec.breakers) && self.eds.as_ref() == eds
+    pub fn built_from(
+        &self,
+        spec: &ClusterSpec,
+        eds: Option<&ClusterLoadAssignment>,
+        tls: &BuiltTransports,
+    ) -> bool {
+        Arc::ptr_eq(&self.spec.breakers, &spec.breakers)
+            && self.eds.as_ref() == eds
+            && self.secrets_fingerprint == tls.fingerprint
     }
 
     /// Rebuilds the load balancer from the hosts' current health; called by
     /// outlier detection and health checking when they change a host.
     pub fn refresh_lb(&self) {
-        self.lb.store(Arc::new(LoadBalancer::new(
-            self.spec.lb_policy,
-            &self.all_hosts,
-        )));
+        let refreshed = self.lb.load().refreshed(&self.all_hosts);
+        self.lb.store(Arc::new(refreshed));
+    }
+}
+
+/// Outlier detection and active health checking (see [`outlier`] and
+/// [`health_check`]).
+impl Cluster {
+    /// Starts a newly built value before it is published: takes over the
+    /// cluster's health state (stats, timers) from `previous`, becomes the
+    /// value that outlier detection and health checking update, and starts
+    /// or hands on their tasks (only where a tokio runtime runs). Hosts new
+    /// to health checking start as failing it, as in Envoy.
+    pub fn start(self: &Arc<Self>, previous: Option<&Self>) {
+        self.make_current(previous);
+        let cleared = self.start_outlier();
+        let marked = self.start_health_checks();
+        // A host's health may also have changed since this value's balancer
+        // was built, before it became current.
+        let watched = self.spec.outlier.is_some() || self.spec.health_checks.is_some();
+        if cleared || marked || watched {
+            self.refresh_lb();
+        }
+    }
+
+    /// Feeds outlier detection with what happened to one attempt on `host`;
+    /// the router calls it once per attempt (not for circuit-breaker
+    /// overflows, which Envoy does not count against the host).
+    pub fn report_outcome(&self, host: &Host, outcome: outlier::Outcome) {
+        self.report_outcome_at(&host.state, outcome, std::time::Instant::now());
+    }
+
+    /// `cluster.<name>.outlier_detection.<stat>` values (counters and the
+    /// `ejections_active` gauge), by stat name; empty without outlier detection.
+    pub fn outlier_stats(&self) -> Vec<(String, u64)> {
+        self.outlier_stat_values()
+    }
+
+    /// `cluster.<name>.health_check.<stat>` values (counters and the
+    /// `healthy`/`degraded` gauges); empty without health checks.
+    pub fn health_check_stats(&self) -> Vec<(String, u64)> {
+        self.health_check_stat_values()
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use super::breaker::{Permit, Resources};
 use crate::addr::Target;
+use crate::tls::client::UpstreamTls;
 use crate::body::{Body, BoxError};
 
 /// Idle HTTP/1.1 connections kept per host; more are closed when returned.
@@ -73,6 +74,8 @@ pub struct SendOptions<'a> {
     /// 0 is unlimited.
     pub max_requests_per_connection: u32,
     pub idle_timeout: Option<Duration>,
+    /// TLS to the host, from the cluster's (or the matching) transport socket.
+    pub tls: Option<&'a UpstreamTls>,
 }
 
 impl std::fmt::Debug for HostPool {
@@ -97,7 +100,26 @@ impl HostPool {
         self.idle_h1.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    /// A TCP connection, with TLS on top when the host's transport asks.
+    async fn connect(
+        &self,
+        timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<UpstreamIo, UpstreamError> {
+        let tcp = self.connect_tcp(timeout).await?;
+        let Some(tls) = tls else {
+            return Ok(UpstreamIo::Plain(tcp));
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+        // Envoy's connect timeout covers the TLS handshake too.
+        let stream = tokio::time::timeout(timeout, connector.connect(tls.server_name.clone(), tcp))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+        Ok(UpstreamIo::Tls(Box::new(stream)))
+    }
+
+    async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, UpstreamError> {
         let connect = async {
             match &self.target {
                 Target::Ip(addr) => TcpStream::connect(addr).await,
@@ -188,7 +210,7 @@ impl HostPool {
                 return Ok(c);
             }
             if let Some(permit) = opts.resources.try_connection() {
-                let stream = self.connect(opts.connect_timeout).await?;
+                let stream = self.connect(opts.connect_timeout, opts.tls).await?;
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
                     .await
@@ -270,7 +292,7 @@ impl HostPool {
                             }
                         }
                     };
-                    let stream = self.connect(opts.connect_timeout).await?;
+                    let stream = self.connect(opts.connect_timeout, opts.tls).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .handshake(TokioIo::new(stream))
                         .await
@@ -353,5 +375,69 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An upstream connection's byte stream: plain TCP or TLS over TCP.
+pub(crate) enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -22,6 +22,7 @@ use super::retry::{Attempt, RETRY_BODY_LIMIT, RetryPlan};
 use super::service::{ConnInfo, RequestState};
 use crate::body::{self, Body};
 use crate::cluster::breaker::Permit;
+use crate::cluster::outlier::{self, Outcome};
 use crate::cluster::pool::SendOptions;
 use crate::cluster::{Cluster, Host, UpstreamError, UpstreamProtocol, Version as UpVersion};
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
@@ -252,7 +253,23 @@ pub(super) async fn forward(
         return Err(local_reply::reply(StatusCode::FORBIDDEN, "", grpc));
     }
 
-    let Some(host) = cluster.pick().cloned() else {
+    // The route's hash policy, evaluated only for hashing balancers (as Envoy does).
+    let request_hash = cluster.request_hash(
+        &ctx.forward.hash,
+        &RequestView {
+            authority: ctx.authority,
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            method: &parts.method,
+            headers: &parts.headers,
+            scheme: ctx.scheme,
+        },
+        route::Downstream {
+            remote: ctx.conn.remote,
+            local: ctx.conn.local,
+        },
+    );
+    let lb_ctx = crate::cluster::LbContext::with_hash(request_hash.hash);
+    let Some(host) = cluster.pick(&lb_ctx).cloned() else {
         state.flags.set(Flag::NoHealthyUpstream);
         return Err(local_reply::reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -440,6 +457,7 @@ pub(super) async fn forward(
         resources: &resources,
         max_requests_per_connection: cluster.spec.max_requests_per_connection,
         idle_timeout: cluster.spec.idle_timeout,
+        tls: None,
     };
     let mut host = host;
     let mut tried: Vec<crate::addr::Target> = Vec::new();
@@ -471,12 +489,35 @@ pub(super) async fn forward(
             (Some(p), Some(r)) => Some(p.min(r)),
             (p, r) => p.or(r),
         };
-        let send = host.state.pool.send(req, version, opts);
+        let send = host.state.pool.send(
+            req,
+            version,
+            SendOptions {
+                tls: host.tls.as_deref(),
+                ..opts
+            },
+        );
         let result = match limit {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
             None => Ok(send.await),
         };
         let attempt_retry_permit = retry_permit.take();
+        // Outlier detection hears about every attempt, before the retry decision.
+        let outcome = match &result {
+            Err(()) => Some(Outcome::Timeout),
+            Ok(Err(e)) => Outcome::from_error(e),
+            Ok(Ok(resp)) if resp.status().is_informational() => None,
+            Ok(Ok(resp)) => Some(Outcome::Response(
+                resp.headers()
+                    .get("grpc-status")
+                    .filter(|_| grpc)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map_or(resp.status().as_u16(), outlier::grpc_to_http_status),
+            )),
+        };
+        if let Some(o) = outcome {
+            cluster.report_outcome(&host, o);
+        }
 
         let route_deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
         let retry_left = retry
@@ -504,7 +545,7 @@ pub(super) async fn forward(
                 {
                     retry_permit = Some(p);
                     drop(attempt_retry_permit);
-                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries, &lb_ctx).await;
                     continue;
                 }
                 cluster
@@ -534,7 +575,7 @@ pub(super) async fn forward(
                 {
                     retry_permit = Some(p);
                     drop(attempt_retry_permit);
-                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries, &lb_ctx).await;
                     continue;
                 }
                 if retry
@@ -571,7 +612,7 @@ pub(super) async fn forward(
                     drop(resp);
                     retry_permit = Some(p);
                     drop(attempt_retry_permit);
-                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries).await;
+                    host = prepare_retry(&cluster, &host, &tried, r, &mut retries, &lb_ctx).await;
                     continue;
                 }
                 if retriable && retry_left.is_none() && retries > 0 {
@@ -598,6 +639,12 @@ pub(super) async fn forward(
             HeaderValue::from(sent_at.elapsed().as_millis() as u64),
         );
     }
+    // Cookies the hash policy generated (Envoy adds them to the upstream response).
+    for cookie in &request_hash.set_cookies {
+        if let Ok(v) = HeaderValue::from_str(cookie) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     Ok(resp)
 }
 
@@ -608,6 +655,7 @@ async fn prepare_retry(
     tried: &[crate::addr::Target],
     plan: &RetryPlan,
     retries: &mut u32,
+    lb_ctx: &crate::cluster::LbContext,
 ) -> Arc<Host> {
     *retries += 1;
     cluster
@@ -615,7 +663,7 @@ async fn prepare_retry(
         .upstream_rq_retry
         .fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(plan.back_off(*retries)).await;
-    next_host(cluster, host, tried, plan)
+    next_host(cluster, host, tried, plan, lb_ctx)
 }
 
 /// The host for the next attempt: with the previous-hosts predicate, up to
@@ -625,6 +673,7 @@ fn next_host(
     current: &Arc<Host>,
     tried: &[crate::addr::Target],
     plan: &RetryPlan,
+    lb_ctx: &crate::cluster::LbContext,
 ) -> Arc<Host> {
     let attempts = if plan.avoid_previous_hosts {
         plan.host_selection_attempts.max(1)
@@ -632,8 +681,8 @@ fn next_host(
         1
     };
     let mut pick = None;
-    for _ in 0..attempts {
-        match cluster.pick() {
+    for attempt in 0..attempts {
+        match cluster.pick(&lb_ctx.attempt(attempt)) {
             Some(h) if plan.avoid_previous_hosts && tried.contains(&h.target) => {
                 pick = Some(Arc::clone(h))
             }
@@ -689,7 +738,7 @@ fn spawn_mirrors(
 }
 
 async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: String) {
-    let Some(host) = cluster.pick().cloned() else {
+    let Some(host) = cluster.pick(&Default::default()).cloned() else {
         return;
     };
     let version = match cluster.spec.protocol {
@@ -715,6 +764,7 @@ async fn mirror_one(cluster: Arc<Cluster>, mut req: Request<Body>, shadow: Strin
         resources,
         max_requests_per_connection: cluster.spec.max_requests_per_connection,
         idle_timeout: cluster.spec.idle_timeout,
+        tls: host.tls.as_deref(),
     };
     if let Ok(resp) = host.state.pool.send(req, version, opts).await {
         let _ = resp.into_body().collect().await;

@@ -1,6 +1,9 @@
-//! Downstream TLS: a `DownstreamTlsContext` (with certificates inline, from
-//! files, or from SDS secrets) turned into a rustls server configuration.
-//! All TLS goes through rustls with the aws-lc-rs provider.
+//! TLS contexts (with certificates inline, from files, or from SDS secrets)
+//! turned into rustls configurations: downstream here, upstream in
+//! [`client`]. All TLS goes through rustls with the aws-lc-rs provider.
+
+pub mod client;
+mod san;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,18 +128,74 @@ fn validation_context(
                 None => Err(TlsError::MissingSecret(sds.name.clone())),
             }
         }
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            let field = "common_tls_context.combined_validation_context";
+            let sds = c.validation_context_sds_secret_config.as_ref().ok_or_else(|| {
+                invalid(
+                    format!("{field}.validation_context_sds_secret_config"),
+                    "is required",
+                )
+            })?;
+            let dynamic = match secrets.get(&sds.name).and_then(|s| s.r#type.as_ref()) {
+                Some(secret::Type::ValidationContext(v)) => v,
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{field}.validation_context_sds_secret_config"),
+                        format!("secret '{}' is not a validation context", sds.name),
+                    ));
+                }
+                None => return Err(TlsError::MissingSecret(sds.name.clone())),
+            };
+            // Envoy merges the SDS context over the default one.
+            let mut merged = c.default_validation_context.clone().unwrap_or_default();
+            if dynamic.trusted_ca.is_some() {
+                merged.trusted_ca.clone_from(&dynamic.trusted_ca);
+            }
+            merged
+                .match_typed_subject_alt_names
+                .extend(dynamic.match_typed_subject_alt_names.iter().cloned());
+            #[allow(deprecated)]
+            merged
+                .match_subject_alt_names
+                .extend(dynamic.match_subject_alt_names.iter().cloned());
+            Ok(Some(merged))
+        }
         Some(_) => Err(invalid(
-            "common_tls_context.combined_validation_context",
-            "not supported yet",
+            "common_tls_context.validation_context_certificate_provider",
+            "certificate providers are not supported",
         )),
     }
 }
 
+/// The trust anchors of a validation context, or `None` without `trusted_ca`.
+fn trusted_roots(
+    vc: &CertificateValidationContext,
+) -> Result<Option<rustls::RootCertStore>, TlsError> {
+    const FIELD: &str = "common_tls_context.validation_context.trusted_ca";
+    if vc.trusted_ca.is_none() {
+        return Ok(None);
+    }
+    let ca = read_source(vc.trusted_ca.as_ref(), FIELD)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        let cert = cert.map_err(|e| invalid(FIELD, format!("invalid PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(FIELD, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(FIELD, "no certificate found"));
+    }
+    Ok(Some(roots))
+}
+
+/// Which TLS versions a context allows. Envoy's defaults: TLS 1.2 minimum;
+/// TLS 1.3 maximum for servers, TLS 1.2 for clients.
 fn versions(
     common: &CommonTlsContext,
+    default_max: u8,
 ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
     let params = common.tls_params.clone().unwrap_or_default();
-    // Envoy's server defaults: TLS 1.2 minimum, TLS 1.3 maximum.
     let min = match TlsProtocol::try_from(params.tls_minimum_protocol_version) {
         Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12) | Err(_) => 12,
         Ok(TlsProtocol::TlSv13) => 13,
@@ -149,8 +208,21 @@ fn versions(
     };
     let max = match TlsProtocol::try_from(params.tls_maximum_protocol_version) {
         Ok(TlsProtocol::TlSv12) => 12,
-        _ => 13,
+        Ok(TlsProtocol::TlSv13) => 13,
+        Ok(TlsProtocol::TlsAuto) | Err(_) => default_max,
+        Ok(_) => {
+            return Err(invalid(
+                "common_tls_context.tls_params.tls_maximum_protocol_version",
+                "TLS below 1.2 is not supported",
+            ));
+        }
     };
+    if max < min {
+        return Err(invalid(
+            "common_tls_context.tls_params",
+            "the maximum protocol version is below the minimum",
+        ));
+    }
     let mut v = Vec::new();
     if min <= 12 && max >= 12 {
         v.push(&rustls::version::TLS12);
@@ -170,33 +242,18 @@ pub fn server_config(any: &Any, secrets: &Secrets) -> Result<Arc<rustls::ServerC
     let (certs, key) = certs_and_key(&tc, "common_tls_context.tls_certificates[0]")?;
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&versions(&common)?)
+        .with_protocol_versions(&versions(&common, 13)?)
         .map_err(|e| invalid("common_tls_context.tls_params", e.to_string()))?;
     let require_client = ctx
         .require_client_certificate
         .map(|b| b.value)
         .unwrap_or(false);
-    let builder = match validation_context(&common, secrets)? {
-        Some(vc) if vc.trusted_ca.is_some() => {
-            let ca = read_source(
-                vc.trusted_ca.as_ref(),
-                "common_tls_context.validation_context.trusted_ca",
-            )?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-                let cert = cert.map_err(|e| {
-                    invalid(
-                        "common_tls_context.validation_context.trusted_ca",
-                        format!("invalid PEM: {e}"),
-                    )
-                })?;
-                roots.add(cert).map_err(|e| {
-                    invalid(
-                        "common_tls_context.validation_context.trusted_ca",
-                        e.to_string(),
-                    )
-                })?;
-            }
+    let roots = match validation_context(&common, secrets)? {
+        Some(vc) => trusted_roots(&vc)?,
+        None => None,
+    };
+    let builder = match roots {
+        Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 Arc::clone(&provider),
@@ -243,10 +300,17 @@ pub fn secret_names(any: &Any) -> Vec<String> {
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    if let Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) =
-        &common.validation_context_type
-    {
-        names.push(s.name.clone());
-    }
+    names.extend(validation_secret_name(&common));
     names
+}
+
+fn validation_secret_name(common: &CommonTlsContext) -> Option<String> {
+    match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => Some(s.name.clone()),
+        Some(ValidationContextType::CombinedValidationContext(c)) => c
+            .validation_context_sds_secret_config
+            .as_ref()
+            .map(|s| s.name.clone()),
+        _ => None,
+    }
 }
