@@ -7,6 +7,8 @@
 
 mod debug;
 mod push;
+mod secure;
 
 pub use debug::serve_debug;
 pub use push::ControlPlane;
+pub use secure::serve_secure;

@@ -340,6 +340,47 @@ impl MeshCa {
         self.issue(&public_key, identity, not_before, not_after)
     }
 
+    /// A serving certificate for the control plane itself (the CA and xDS
+    /// endpoint on 15012): DNS and IP SANs, a fresh key that never leaves
+    /// this process, the default TTL. Returns `(chain PEM, key PEM)`.
+    pub fn issue_serving_cert(
+        &self,
+        dns_names: &[&str],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(String, String), SignError> {
+        let internal = |e: rcgen::Error| SignError::Internal(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|d| Ok(SanType::DnsName((*d).try_into()?)))
+            .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+            .collect::<Result<_, rcgen::Error>>()
+            .map_err(internal)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number =
+            Some(random_serial().map_err(|e| SignError::Internal(e.to_string()))?);
+        let now = SystemTime::now();
+        params.not_before = now.checked_sub(CLOCK_SKEW_GRACE).unwrap_or(now).into();
+        params.not_after = now
+            .checked_add(self.default_ttl)
+            .map_or(self.signing_not_after, |t| t.min(self.signing_not_after))
+            .into();
+        let cert = params.signed_by(&key, &self.issuer).map_err(internal)?;
+        let mut chain = x509::cert_to_pem(cert.der());
+        for c in &self.chain_pem {
+            chain.push_str(c);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+
     /// Parses and verifies the CSR and checks it asks for `identity` only.
     fn check_csr(
         &self,

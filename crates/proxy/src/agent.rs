@@ -42,6 +42,9 @@ pub struct Identity {
     pub admin_port: u16,
     /// Local mode (no capture): bind 127.0.0.1 and use these ports.
     pub local: Option<LocalPorts>,
+    /// Where the agent serves SDS to a stock Envoy (the `sds-grpc` cluster
+    /// Istio's xDS points secrets at).
+    pub sds_socket: Option<PathBuf>,
 }
 
 impl Identity {
@@ -126,6 +129,32 @@ impl Identity {
         }))
     }
 
+    /// The bootstrap for a stock Envoy: as [`Self::bootstrap_json`] plus the
+    /// `sds-grpc` cluster on the agent's SDS socket.
+    pub fn envoy_bootstrap_json(&self) -> Result<Value, String> {
+        let mut b = self.bootstrap_json()?;
+        if let Some(path) = &self.sds_socket
+            && let Some(clusters) = b
+                .pointer_mut("/static_resources/clusters")
+                .and_then(Value::as_array_mut)
+        {
+            clusters.push(json!({
+                "name": "sds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    }
+                },
+                "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"pipe": {"path": path.display().to_string()}}}}]}]},
+            }));
+        }
+        Ok(b)
+    }
+
     pub fn bootstrap(&self) -> Result<Bootstrap, String> {
         let value = self.bootstrap_json()?;
         let b = xds::codec::message_from_json_value(value, "envoy.config.bootstrap.v3.Bootstrap")
@@ -177,7 +206,9 @@ pub async fn run_envoy(
     envoy: PathBuf,
     log_level: &str,
 ) -> anyhow::Result<i32> {
-    let json = identity.bootstrap_json().map_err(anyhow::Error::msg)?;
+    let json = identity
+        .envoy_bootstrap_json()
+        .map_err(anyhow::Error::msg)?;
     let path = std::env::temp_dir().join(format!(
         "trellis-envoy-{}-{}.json",
         identity.name, identity.admin_port
@@ -207,4 +238,47 @@ pub async fn run_envoy(
     };
     let _ = std::fs::remove_file(&path);
     Ok(code)
+}
+
+/// Serves `secrets` (and every rotation of them) over SDS on a Unix socket,
+/// for a stock Envoy's `sds-grpc` cluster, until the runtime stops.
+pub fn serve_sds(
+    path: PathBuf,
+    mut secrets: tokio::sync::watch::Receiver<
+        Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
+    >,
+) {
+    use prost::Message as _;
+    let cache = xds::server::SnapshotCache::new();
+    let publish = |cache: &xds::server::SnapshotCache, list: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret]| {
+        let resources = list
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    prost_types::Any {
+                        type_url: xds::type_url::SECRET.to_string(),
+                        value: s.encode_to_vec(),
+                    },
+                )
+            })
+            .collect();
+        let mut snap = xds::Snapshot::new();
+        snap.set_hashed(xds::type_url::SECRET, resources);
+        cache.set_default_snapshot(snap);
+    };
+    publish(&cache, &secrets.borrow_and_update());
+    let server_cache = std::sync::Arc::clone(&cache);
+    tokio::spawn(async move {
+        if let Err(e) =
+            xds::server::serve_unix(&path, server_cache, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "SDS server stopped");
+        }
+    });
+    tokio::spawn(async move {
+        while secrets.changed().await.is_ok() {
+            publish(&cache, &secrets.borrow_and_update());
+        }
+    });
 }

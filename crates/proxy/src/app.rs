@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 use crate::admin::{self, AdminState, LogLevelFn};
 use crate::bootstrap;
@@ -39,6 +40,9 @@ pub struct ProxyOptions {
     pub drain_time: Duration,
     pub service_node: Option<String>,
     pub service_cluster: Option<String>,
+    /// Secrets the agent provides (the workload certificate), current value
+    /// and rotations.
+    pub local_secrets: Option<tokio::sync::watch::Receiver<Vec<Secret>>>,
 }
 
 pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyhow::Result<()> {
@@ -66,6 +70,22 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
     store
         .load_static(statics.listeners, statics.clusters, statics.secrets)
         .map_err(|e| anyhow::anyhow!("invalid static_resources in {}: {e}", opts.bootstrap))?;
+    if let Some(mut rx) = opts.local_secrets.clone() {
+        // Before ADS starts, so these names are never asked of the control plane.
+        let current = rx.borrow_and_update().clone();
+        store
+            .set_local_secrets(current)
+            .map_err(|e| anyhow::anyhow!("workload certificate: {e}"))?;
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let secrets = rx.borrow_and_update().clone();
+                if let Err(e) = store.set_local_secrets(secrets) {
+                    tracing::error!(error = %e, "rotated certificate not applied");
+                }
+            }
+        });
+    }
 
     let state = Arc::new(AdminState {
         store: Arc::clone(&store),

@@ -27,5 +27,6 @@ pub mod snapshot;
 pub mod store;
 pub mod tcp_proxy;
 pub mod tls;
+pub mod workload_cert;
 
 pub use app::{BootstrapSource, ProxyOptions, run, shutdown_signal};

@@ -23,6 +23,20 @@ pub(crate) struct ControlPlaneArgs {
     /// MeshConfig YAML (rootNamespace, outboundTrafficPolicy...).
     #[arg(long = "mesh-config")]
     pub(crate) mesh_config: Option<PathBuf>,
+    /// The mesh CA's directory: Istio's `cacerts` layout (ca-cert.pem,
+    /// ca-key.pem, root-cert.pem, cert-chain.pem) to plug in your own CA, or
+    /// where a self-signed root is created on first start and kept.
+    #[arg(long = "ca-dir", default_value = ".trellis/ca")]
+    pub(crate) ca_dir: PathBuf,
+    /// TLS address of the CA and of xDS (Istio's 15012); "off" disables it.
+    #[arg(long = "secure-address", default_value = "127.0.0.1:15012")]
+    pub(crate) secure_address: String,
+}
+
+/// The control plane's tasks and the CA, once started.
+pub(crate) struct Started {
+    pub(crate) cp: Arc<ControlPlane>,
+    pub(crate) ca: Option<Arc<identity::MeshCa>>,
 }
 
 pub(crate) fn mesh_config(path: Option<&PathBuf>) -> anyhow::Result<api::MeshConfig> {
@@ -41,8 +55,9 @@ pub(crate) fn mesh_config(path: Option<&PathBuf>) -> anyhow::Result<api::MeshCon
 pub(crate) async fn start(
     args: &ControlPlaneArgs,
     workloads: Vec<ResolvedWorkload>,
-) -> anyhow::Result<Arc<ControlPlane>> {
+) -> anyhow::Result<Started> {
     let mesh = mesh_config(args.mesh_config.as_ref())?;
+    let trust_domain = mesh.trust_domain.clone();
     let cp = ControlPlane::new(workloads, mesh);
     let source = config::DirectorySource::start(args.config.clone(), Duration::from_millis(100))
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
@@ -81,12 +96,32 @@ pub(crate) async fn start(
             tracing::error!(error = %e, "debug server stopped");
         }
     });
-    tracing::info!(xds = %args.xds_address, debug = %args.debug_address, config = %args.config.display(), "control plane serving");
-    Ok(cp)
+    let ca = if args.secure_address == "off" {
+        None
+    } else {
+        let addr: SocketAddr = args
+            .secure_address
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--secure-address {}: {e}", args.secure_address))?;
+        let ca = Arc::new(identity::MeshCa::load_or_create(&args.ca_dir, &trust_domain)?);
+        tracing::info!(dir = %args.ca_dir.display(), origin = ?ca.origin(), %trust_domain, "mesh CA ready");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind secure address {addr}: {e}"))?;
+        let (ca2, cache) = (Arc::clone(&ca), Arc::clone(cp.cache()));
+        tokio::spawn(async move {
+            if let Err(e) = controlplane::serve_secure(listener, ca2, cache).await {
+                tracing::error!(error = %e, "secure endpoint stopped");
+            }
+        });
+        Some(ca)
+    };
+    tracing::info!(xds = %args.xds_address, secure = %args.secure_address, debug = %args.debug_address, config = %args.config.display(), "control plane serving");
+    Ok(Started { cp, ca })
 }
 
 pub(crate) async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let _cp = start(&args, Vec::new()).await?;
+    let _started = start(&args, Vec::new()).await?;
     let signal = proxy::shutdown_signal().await;
     tracing::info!(signal, "control plane stopping");
     Ok(())

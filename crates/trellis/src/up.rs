@@ -42,6 +42,51 @@ pub(crate) struct UpArgs {
     /// MeshConfig YAML.
     #[arg(long = "mesh-config")]
     pub(crate) mesh_config: Option<PathBuf>,
+    /// The mesh CA's directory (see `trellis control-plane --help`).
+    #[arg(long = "ca-dir", default_value = ".trellis/ca")]
+    pub(crate) ca_dir: PathBuf,
+    /// TLS address of the CA and xDS (Istio's 15012); "off": no workload certificates.
+    #[arg(long = "secure-address", default_value = "127.0.0.1:15012")]
+    pub(crate) secure_address: String,
+    /// Lifetime of workload certificates in seconds (0: 24 h); short ones
+    /// show rotation at work.
+    #[arg(long = "cert-ttl-s", default_value_t = 0)]
+    pub(crate) cert_ttl_s: u64,
+}
+
+/// Extra argv and environment for one proxy.
+type ProxyExtras = (Vec<String>, Vec<(String, String)>);
+
+/// What a proxy needs to get its certificate: CA flags and its token.
+struct CaHandout {
+    ca: std::sync::Arc<identity::MeshCa>,
+    root_file: PathBuf,
+    address: String,
+    ttl_s: u64,
+}
+
+impl CaHandout {
+    /// Flags and environment for the proxy of `namespace/service_account`.
+    fn for_workload(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<ProxyExtras> {
+        let id = identity::SpiffeId::new(self.ca.trust_domain(), namespace, service_account)?;
+        let argv = vec![
+            "--ca-address".to_string(),
+            self.address.clone(),
+            "--ca-root".to_string(),
+            self.root_file.display().to_string(),
+            "--cert-ttl-s".to_string(),
+            self.ttl_s.to_string(),
+            "--trust-domain".to_string(),
+            self.ca.trust_domain().to_string(),
+        ];
+        // The token goes in the environment, not argv, where `ps` shows it.
+        let env = vec![("TRELLIS_CA_TOKEN".to_string(), self.ca.issue_token(&id))];
+        Ok((argv, env))
+    }
 }
 
 struct Supervised {
@@ -200,14 +245,33 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         xds_address: args.xds_address,
         debug_address: args.debug_address,
         mesh_config: args.mesh_config.clone(),
+        ca_dir: args.ca_dir.clone(),
+        secure_address: args.secure_address.clone(),
     };
-    let cp = control_plane::start(&cp_args, workloads.clone()).await?;
+    let started = control_plane::start(&cp_args, workloads.clone()).await?;
+    let cp = started.cp;
+    let handout = match started.ca {
+        Some(ca) => {
+            // Proxies trust the CA's serving certificate through the mesh root.
+            let run_dir = std::env::temp_dir().join(format!("trellis-up-{}", std::process::id()));
+            std::fs::create_dir_all(&run_dir)?;
+            let root_file = run_dir.join("root-cert.pem");
+            std::fs::write(&root_file, ca.trust_bundle_pem())?;
+            Some(CaHandout {
+                ca,
+                root_file,
+                address: args.secure_address.clone(),
+                ttl_s: args.cert_ttl_s,
+            })
+        }
+        None => None,
+    };
     let me = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut node_ids = Vec::new();
 
     // The ingress gateway, selected by Gateways with `istio: ingressgateway`.
-    let gw_argv = proxy_argv(
+    let mut gw_argv = proxy_argv(
         &args,
         "gateway",
         "istio-ingressgateway",
@@ -216,7 +280,14 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         "istio-ingressgateway-service-account",
         args.gateway_admin_port,
     );
-    children.push(spawn("ingress", &me, &gw_argv, &[])?);
+    let mut gw_env = Vec::new();
+    if let Some(h) = &handout {
+        let (argv, env) =
+            h.for_workload("istio-system", "istio-ingressgateway-service-account")?;
+        gw_argv.extend(argv);
+        gw_env = env;
+    }
+    children.push(spawn("ingress", &me, &gw_argv, &gw_env)?);
     node_ids.push(
         "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"
             .to_string(),
@@ -240,7 +311,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         for (target, port) in &w.app_ports {
             argv.extend(["--local-app".into(), format!("{target}={port}")]);
         }
-        children.push(spawn(&format!("{}-proxy", w.name), &me, &argv, &[])?);
+        let mut env = Vec::new();
+        if let Some(h) = &handout {
+            let (ca_argv, ca_env) = h.for_workload(&w.namespace, &w.service_account)?;
+            argv.extend(ca_argv);
+            env = ca_env;
+        }
+        children.push(spawn(&format!("{}-proxy", w.name), &me, &argv, &env)?);
         node_ids.push(w.node_id("cluster.local"));
         match &w.runner {
             registry::local::Runner::Demo { .. } => {
@@ -309,6 +386,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             let _ = c.child.wait().await;
         }
         tracing::debug!(name = %c.name, "stopped");
+    }
+    if let Some(h) = &handout
+        && let Some(dir) = h.root_file.parent()
+    {
+        let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
 }

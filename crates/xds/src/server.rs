@@ -18,6 +18,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -33,6 +36,11 @@ pub enum ServerError {
     #[error("cannot bind xDS server to {addr}: {source}")]
     Bind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind SDS socket {path}: {source}")]
+    BindUnix {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("xDS server failed: {0}")]
@@ -346,6 +354,65 @@ impl AggregatedDiscoveryService for AdsService {
         tokio::spawn(stream.run(request.into_inner(), self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// SDS on its own gRPC service (what a bootstrap's `sds-grpc` cluster
+/// points at, as Istio's agent serves it): the same streams as ADS, for
+/// secrets only.
+#[tonic::async_trait]
+impl SecretDiscoveryService for AdsService {
+    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        self.stream_aggregated_resources(request).await
+    }
+
+    async fn delta_secrets(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        self.delta_aggregated_resources(request).await
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented("use StreamSecrets"))
+    }
+}
+
+/// Serves SDS (and ADS) on a Unix socket until `shutdown` completes; the
+/// socket file is replaced if it exists.
+pub async fn serve_unix(
+    path: &std::path::Path,
+    cache: Arc<SnapshotCache>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(|source| ServerError::BindUnix {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let svc = AdsService::new(cache, stop_rx);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tonic::transport::Server::builder()
+        .add_service(SecretDiscoveryServiceServer::new(svc.clone()))
+        .add_service(AggregatedDiscoveryServiceServer::new(svc))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            signal,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Why a stream task ended early.
