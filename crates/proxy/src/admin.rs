@@ -297,6 +297,7 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
             stats.downstream_cx_active.load(Ordering::Relaxed),
         ));
     }
+    out.extend(rbac_stats(state));
     out.push((
         "server.live".into(),
         u64::from(state.ready.load(Ordering::Relaxed)),
@@ -306,6 +307,33 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
         state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
     ));
     out
+}
+
+/// RBAC filter counters of the active listeners; equal names add up, as
+/// Envoy's shared stat scopes do.
+fn rbac_stats(state: &AdminState) -> Vec<(String, u64)> {
+    use crate::http::filters::HttpFilter;
+    use crate::listener::Terminal;
+    let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (cfg, _) in state.store.listener_manager().active() {
+        for chain in cfg.chains.iter().chain(cfg.default_chain.iter()) {
+            let mut values = Vec::new();
+            for net in &chain.network_rbac {
+                values.extend(net.stat_values());
+            }
+            if let Terminal::Http(hcm) = &chain.terminal {
+                for f in &hcm.filters {
+                    if let HttpFilter::Rbac { config, .. } = f {
+                        values.extend(config.stat_values(&hcm.stat_prefix));
+                    }
+                }
+            }
+            for (k, v) in values {
+                *sums.entry(k).or_default() += v;
+            }
+        }
+    }
+    sums.into_iter().collect()
 }
 
 fn stats_text(state: &AdminState) -> String {

@@ -23,6 +23,7 @@ pub mod listener;
 mod local_address;
 pub mod matcher;
 mod memory;
+pub mod rbac;
 pub mod snapshot;
 pub mod store;
 pub mod tcp_proxy;

@@ -95,6 +95,10 @@ impl HcmConfig {
             None => return Err(scope.err(field, "one of route_config or rds is required")),
         };
         let filters = super::filters::compile_chain(&hcm.http_filters, scope, &f("http_filters"))?;
+        if let RouteSource::Inline(table) = &routes {
+            super::filters::check_per_route_configs(&filters, table)
+                .map_err(|(at, m)| scope.err(f(&format!("route_config.{at}")), m))?;
+        }
         let common = hcm.common_http_protocol_options.unwrap_or_default();
         let server_transform = hcm.server_header_transformation;
         let server_name = if server_transform

@@ -2,7 +2,7 @@
 //! request id and forwarding headers, route selection, the filter chain, and
 //! the response-side header work. Forwarding itself is in `router`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, he
 use hyper::body::Incoming;
 use route::{Action, RequestView, RouteTable};
 
-use super::filters::{HttpFilter, PerRoute, cors, fault, local_ratelimit, unwrap_per_route};
+use super::filters::{
+    HttpFilter, PerRoute, cors, fault, jwt_authn, local_ratelimit, rbac, unwrap_per_route,
+};
 use super::flags::{Flag, ResponseFlags};
 use super::hcm::{HcmConfig, RouteSource};
 use super::local_reply;
@@ -30,6 +32,11 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The verified client certificate's identity (TLS with a client
+    /// certificate only): URI and DNS SANs and subject.
+    pub peer: Option<Arc<crate::listener::peer::PeerIdentity>>,
+    /// SNI as the TLS inspector read it.
+    pub requested_server_name: Option<String>,
     pub hcm: Arc<HcmConfig>,
     pub snapshot: SharedSnapshot,
 }
@@ -43,6 +50,11 @@ pub struct RequestState {
     pub grpc: bool,
     pub upstream_host: Option<String>,
     pub cluster: Option<String>,
+    /// The downstream client address after x-forwarded-for processing
+    /// (Envoy's `downstreamRemoteAddress`).
+    pub downstream_remote: IpAddr,
+    /// What filters leave for the filters after them (jwt_authn → RBAC).
+    pub dynamic_metadata: crate::rbac::DynamicMetadata,
 }
 
 pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
@@ -52,9 +64,12 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         grpc: local_reply::is_grpc(req.headers()),
         upstream_host: None,
         cluster: None,
+        downstream_remote: conn.remote.ip(),
+        dynamic_metadata: crate::rbac::DynamicMetadata::default(),
     };
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
+    state.downstream_remote = final_remote_address(&conn, &parts.headers);
     let request_id = prepare_request(&conn, &mut parts.headers);
     // The stream idles out while it waits for response headers: Envoy then
     // answers 504 "stream timeout" (the request itself has been received;
@@ -86,6 +101,37 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         "request"
     );
     resp
+}
+
+/// Envoy's `getLastAddressFromXFF`: the address `skip` entries from the
+/// end of the first x-forwarded-for header.
+fn xff_address(headers: &HeaderMap, skip: u32) -> Option<IpAddr> {
+    let mut xff = headers.get(&X_FORWARDED_FOR)?.to_str().ok()?;
+    for _ in 0..skip {
+        xff = &xff[..xff.rfind(',')?];
+    }
+    let last = match xff.rfind(',') {
+        Some(i) if i + 1 < xff.len() => &xff[i + 1..],
+        _ => xff,
+    };
+    last.trim().parse().ok()
+}
+
+/// The downstream address the connection manager settles on before it
+/// touches x-forwarded-for: with `use_remote_address`, the peer (or the
+/// trusted hop's entry); otherwise the x-forwarded-for entry
+/// `xff_num_trusted_hops` from the end, falling back to the peer.
+fn final_remote_address(conn: &ConnInfo, headers: &HeaderMap) -> IpAddr {
+    let hcm = &conn.hcm;
+    let found = if hcm.use_remote_address {
+        match hcm.xff_num_trusted_hops {
+            0 => None,
+            n => xff_address(headers, n - 1),
+        }
+    } else {
+        xff_address(headers, hcm.xff_num_trusted_hops)
+    };
+    found.unwrap_or_else(|| conn.remote.ip())
 }
 
 /// Request-id and forwarding headers, following Envoy's connection manager.
@@ -385,6 +431,59 @@ async fn route_and_forward(
                     return Err(resp);
                 }
             }
+            HttpFilter::Rbac { config, .. } => {
+                let route_any = per_route.as_ref().and_then(|p| per_route_any(p));
+                let metadata = state.dynamic_metadata.clone();
+                let input = crate::rbac::Input {
+                    http: Some(crate::rbac::HttpView {
+                        authority: &authority,
+                        path: &path_and_query,
+                        method: parts.method.as_str(),
+                        scheme,
+                        headers: &parts.headers,
+                    }),
+                    local: conn.local,
+                    direct_remote: conn.remote,
+                    remote: state.downstream_remote,
+                    tls: conn.tls,
+                    peer: conn.peer.as_deref(),
+                    requested_server_name: conn.requested_server_name.as_deref().unwrap_or(""),
+                    metadata: &metadata,
+                };
+                if let rbac::Outcome::Deny(details) =
+                    config.check(route_any, &input, &mut state.dynamic_metadata)
+                {
+                    tracing::debug!(%details, "request denied by RBAC");
+                    return Err(local_reply::reply(
+                        StatusCode::FORBIDDEN,
+                        "RBAC: access denied",
+                        grpc,
+                    ));
+                }
+            }
+            HttpFilter::JwtAuthn { config, .. } => {
+                let route_any = per_route.as_ref().and_then(|p| per_route_any(p));
+                let req = jwt_authn::JwtRequest {
+                    headers: &mut parts.headers,
+                    path: &path_and_query,
+                    method: &parts.method,
+                    authority: &authority,
+                    scheme,
+                };
+                if let Err(d) = config
+                    .run(route_any, req, &mut state.dynamic_metadata, &conn.snapshot)
+                    .await
+                {
+                    tracing::debug!(details = %d.details, "request denied by jwt_authn");
+                    let mut resp = local_reply::reply(d.status, &d.body, grpc);
+                    if let Some(w) = d.www_authenticate
+                        && let Ok(v) = HeaderValue::from_str(&w)
+                    {
+                        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    return Err(resp);
+                }
+            }
             HttpFilter::Router(_) => {}
         }
     }
@@ -407,6 +506,14 @@ async fn route_and_forward(
             resp
         }
         Action::Redirect(redirect) => {
+            // Filters may have changed headers since routing.
+            let view = RequestView {
+                authority: &authority,
+                path: &path_and_query,
+                method: &parts.method,
+                headers: &parts.headers,
+                scheme,
+            };
             let (status, location) = redirect.location(&view);
             let mut resp = Response::new(body::empty());
             *resp.status_mut() = status;

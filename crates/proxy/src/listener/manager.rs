@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::chain_match::ConnectionFacts;
-use super::{ListenerConfig, Terminal, inspect, original_dst};
+use super::peer::PeerIdentity;
+use super::{CompiledChain, ListenerConfig, Terminal, inspect, original_dst};
 use crate::drain::{self, DrainSignal, DrainWatch};
 use crate::http::server::serve_connection;
 use crate::http::service::ConnInfo;
@@ -320,6 +321,7 @@ async fn handle_connection(
         return;
     };
     let drain = generation.drain.clone();
+    let sni = inspection.server_name.clone();
     match &chain.tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
@@ -330,53 +332,91 @@ async fn handle_connection(
                     return;
                 }
             };
-            run_terminal(
-                tls_stream,
-                &chain.terminal,
+            let peer = PeerIdentity::from_server_connection(tls_stream.get_ref().1).map(Arc::new);
+            let down = Downstream {
                 remote,
                 local,
-                true,
-                snapshot,
-                drain,
+                tls: true,
+                peer,
+                sni,
                 original,
-            )
-            .await;
+            };
+            run_chain(tls_stream, chain, down, snapshot, drain).await;
         }
         None => {
-            run_terminal(
-                stream,
-                &chain.terminal,
+            let down = Downstream {
                 remote,
                 local,
-                false,
-                snapshot,
-                drain,
+                tls: false,
+                peer: None,
+                sni,
                 original,
-            )
-            .await
+            };
+            run_chain(stream, chain, down, snapshot, drain).await;
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_terminal<IO>(
-    io: IO,
-    terminal: &Terminal,
+/// What a filter chain knows about its downstream connection.
+struct Downstream {
     remote: SocketAddr,
     local: SocketAddr,
     tls: bool,
+    /// The verified client certificate's identity, when one was presented.
+    peer: Option<Arc<PeerIdentity>>,
+    /// SNI as the TLS inspector read it.
+    sni: Option<String>,
+    original: Option<SocketAddr>,
+}
+
+/// Network filters before the terminal (RBAC), then the terminal.
+async fn run_chain<IO>(
+    io: IO,
+    chain: &CompiledChain,
+    down: Downstream,
+    snapshot: SharedSnapshot,
+    drain: DrainWatch,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if chain.network_rbac.is_empty() {
+        run_terminal(io, &chain.terminal, down, snapshot, drain).await;
+        return;
+    }
+    let metadata = crate::rbac::DynamicMetadata::default();
+    let input = crate::rbac::Input {
+        http: None,
+        local: down.local,
+        direct_remote: down.remote,
+        remote: down.remote.ip(),
+        tls: down.tls,
+        peer: down.peer.as_deref(),
+        requested_server_name: down.sni.as_deref().unwrap_or(""),
+        metadata: &metadata,
+    };
+    match super::network_rbac::gate(io, &chain.network_rbac, input).await {
+        Ok(io) => run_terminal(io, &chain.terminal, down, snapshot, drain).await,
+        Err(()) => tracing::debug!(remote = %down.remote, "connection closed by network RBAC"),
+    }
+}
+
+async fn run_terminal<IO>(
+    io: IO,
+    terminal: &Terminal,
+    down: Downstream,
     snapshot: SharedSnapshot,
     mut drain: DrainWatch,
-    original: Option<SocketAddr>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match terminal {
         Terminal::Http(hcm) => {
             let info = Arc::new(ConnInfo {
-                remote,
-                local,
-                tls,
+                remote: down.remote,
+                local: down.local,
+                tls: down.tls,
+                peer: down.peer,
+                requested_server_name: down.sni,
                 hcm: Arc::clone(hcm),
                 snapshot,
             });
@@ -385,7 +425,7 @@ async fn run_terminal<IO>(
         Terminal::Tcp(tcp) => {
             let tcp = Arc::clone(tcp);
             tokio::select! {
-                _ = tcp.serve(io, &snapshot, original) => {}
+                _ = tcp.serve(io, &snapshot, down.original) => {}
                 // Raw TCP has no graceful close: on drain the connection is
                 // left to finish until the drain window ends.
                 _ = async { drain.signaled().await; std::future::pending::<()>().await } => {}

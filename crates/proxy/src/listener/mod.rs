@@ -4,7 +4,9 @@
 pub mod chain_match;
 pub mod inspect;
 mod manager;
+pub mod network_rbac;
 pub mod original_dst;
+pub mod peer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct CompiledChain {
     pub name: String,
     pub matcher: ChainMatch,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `envoy.filters.network.rbac` filters before the terminal, in order.
+    pub network_rbac: Vec<Arc<crate::rbac::network::NetworkRbac>>,
     pub terminal: Terminal,
 }
 
@@ -295,6 +299,7 @@ fn compile_chain(
         },
     };
     let mut terminal = None;
+    let mut network_rbac = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let ffield = format!("{field}.filters[{i}]");
         let any = match &f.config_type {
@@ -303,6 +308,18 @@ fn compile_chain(
         };
         if terminal.is_some() {
             return Err(scope.err(&ffield, "no filter may follow a terminal filter"));
+        }
+        if any.type_url == crate::rbac::network::TYPE_URL {
+            let rbac = crate::rbac::network::NetworkRbac::compile(any).map_err(|(f, m)| {
+                let at = if f.is_empty() {
+                    format!("{ffield}.typed_config")
+                } else {
+                    format!("{ffield}.typed_config.{f}")
+                };
+                scope.err(at, m)
+            })?;
+            network_rbac.push(Arc::new(rbac));
+            continue;
         }
         terminal = Some(match any.type_url.as_str() {
             crate::http::hcm::TYPE_URL => Terminal::Http(Arc::new(HcmConfig::compile(
@@ -336,6 +353,7 @@ fn compile_chain(
         name: fc.name.clone(),
         matcher,
         tls,
+        network_rbac,
         terminal,
     }))
 }

@@ -6,7 +6,9 @@
 
 pub mod cors;
 pub mod fault;
+pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod rbac;
 
 use std::sync::Arc;
 
@@ -41,15 +43,25 @@ pub enum HttpFilter {
         name: String,
         config: Arc<local_ratelimit::LocalRateLimit>,
     },
+    Rbac {
+        name: String,
+        config: Arc<rbac::RbacFilter>,
+    },
+    JwtAuthn {
+        name: String,
+        config: Arc<jwt_authn::JwtAuthn>,
+    },
     Router(RouterConfig),
 }
 
 impl HttpFilter {
     pub fn name(&self) -> &str {
         match self {
-            Self::Fault { name, .. } | Self::Cors { name } | Self::LocalRateLimit { name, .. } => {
-                name
-            }
+            Self::Fault { name, .. }
+            | Self::Cors { name }
+            | Self::LocalRateLimit { name, .. }
+            | Self::Rbac { name, .. }
+            | Self::JwtAuthn { name, .. } => name,
             Self::Router(_) => "envoy.filters.http.router",
         }
     }
@@ -114,6 +126,22 @@ pub fn compile_chain(
                     ),
                 }
             }
+            "envoy.extensions.filters.http.rbac.v3.RBAC" => HttpFilter::Rbac {
+                name: f.name.clone(),
+                config: Arc::new(
+                    rbac::RbacFilter::compile(any)
+                        .map_err(|(sub, m)| scope.err(join(&typed_field, &sub), m))?,
+                ),
+            },
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication" => {
+                HttpFilter::JwtAuthn {
+                    name: f.name.clone(),
+                    config: Arc::new(
+                        jwt_authn::JwtAuthn::compile(any)
+                            .map_err(|(sub, m)| scope.err(join(&typed_field, &sub), m))?,
+                    ),
+                }
+            }
             _ if f.is_optional => {
                 tracing::warn!(filter = %f.name, type_url, "skipping optional HTTP filter of an unsupported type");
                 continue;
@@ -146,6 +174,61 @@ pub fn compile_chain(
         return Err(scope.err(field, "the router must be the only terminal filter"));
     }
     Ok(chain)
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+/// Validates the `typed_per_filter_config` entries a route table carries for
+/// the filters of this chain that check them (RBAC, jwt_authn), as Envoy
+/// does when it loads the route configuration. `Err` is (field, message)
+/// with the field relative to the route configuration.
+pub fn check_per_route_configs(
+    chain: &[HttpFilter],
+    table: &route::RouteTable,
+) -> Result<(), (String, String)> {
+    let check = |name: &str, any: &Any| -> Result<(), String> {
+        let Some(filter) = chain.iter().find(|f| f.name() == name) else {
+            return Ok(());
+        };
+        let any = match unwrap_per_route(any)? {
+            PerRoute::Disabled => return Ok(()),
+            PerRoute::Config(a) => a,
+            PerRoute::Borrowed(a) => a.clone(),
+        };
+        let res = match filter {
+            HttpFilter::Rbac { .. } => rbac::RbacFilter::compile_per_route(&any).map(|_| ()),
+            HttpFilter::JwtAuthn { .. } => jwt_authn::JwtAuthn::check_per_route(&any),
+            _ => Ok(()),
+        };
+        res.map_err(|(f, m)| if f.is_empty() { m } else { format!("{f}: {m}") })
+    };
+    let field = |base: String, name: &str| format!("{base}.typed_per_filter_config[\"{name}\"]");
+    for (k, any) in table.typed_per_filter_config() {
+        check(k, any).map_err(|m| {
+            (
+                field(String::new(), k).trim_start_matches('.').to_string(),
+                m,
+            )
+        })?;
+    }
+    for (vi, vh) in table.virtual_hosts().iter().enumerate() {
+        for (k, any) in &vh.typed_per_filter_config {
+            check(k, any).map_err(|m| (field(format!("virtual_hosts[{vi}]"), k), m))?;
+        }
+        for (ri, r) in vh.routes.iter().enumerate() {
+            for (k, any) in &r.typed_per_filter_config {
+                check(k, any)
+                    .map_err(|m| (field(format!("virtual_hosts[{vi}].routes[{ri}]"), k), m))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A per-route override as found in `typed_per_filter_config`: either the
