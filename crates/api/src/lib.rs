@@ -11,8 +11,10 @@
 //! - [`networking`]: `networking.istio.io` kinds (VirtualService,
 //!   DestinationRule, Gateway, ServiceEntry, WorkloadEntry, WorkloadGroup,
 //!   Sidecar), fully typed.
-//! - [`object::Spec`]: `security.istio.io`, `telemetry.istio.io` and
-//!   `extensions.istio.io` kinds are carried loosely (a JSON value) for now.
+//! - [`security`]: `security.istio.io` kinds (PeerAuthentication,
+//!   AuthorizationPolicy, RequestAuthentication), fully typed.
+//! - [`object::Spec`]: `telemetry.istio.io` and `extensions.istio.io` kinds
+//!   are carried loosely (a JSON value) for now.
 //! - [`validate`]: semantic validation with messages naming file, object and
 //!   field (`file: Kind ns/name: spec.http[0].route[1].weight: message`).
 //! - [`mesh_config`]: MeshConfig with Istio's defaults.
@@ -25,6 +27,7 @@ pub mod load;
 pub mod mesh_config;
 pub mod networking;
 pub mod object;
+pub mod security;
 pub mod validate;
 
 pub use duration::IstioDuration;

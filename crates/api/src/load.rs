@@ -164,7 +164,7 @@ fn classify(group: &str, kind: &str) -> KindClass {
         (
             "security.istio.io",
             "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication",
-        ) => KindClass::Loose(SECURITY_VERSIONS),
+        ) => KindClass::Typed(SECURITY_VERSIONS),
         ("telemetry.istio.io", "Telemetry") => KindClass::Loose(TELEMETRY_VERSIONS),
         ("extensions.istio.io", "WasmPlugin") => KindClass::Loose(EXTENSIONS_VERSIONS),
         (g, _) if g == "istio.io" || g.ends_with(".istio.io") => KindClass::OtherIstio,
@@ -297,9 +297,6 @@ fn load_value(
             }
         },
         KindClass::Loose(_) => match kind.as_str() {
-            "PeerAuthentication" => Spec::PeerAuthentication(raw_spec),
-            "AuthorizationPolicy" => Spec::AuthorizationPolicy(raw_spec),
-            "RequestAuthentication" => Spec::RequestAuthentication(raw_spec),
             "Telemetry" => Spec::Telemetry(raw_spec),
             _ => Spec::WasmPlugin(raw_spec),
         },
@@ -335,6 +332,9 @@ fn typed_spec(kind: &str, raw: &Value) -> Result<Spec, (String, String)> {
         "ServiceEntry" => Spec::ServiceEntry(typed(raw)?),
         "WorkloadEntry" => Spec::WorkloadEntry(typed(raw)?),
         "WorkloadGroup" => Spec::WorkloadGroup(typed(raw)?),
+        "PeerAuthentication" => Spec::PeerAuthentication(typed(raw)?),
+        "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(raw)?),
+        "RequestAuthentication" => Spec::RequestAuthentication(typed(raw)?),
         _ => Spec::Sidecar(typed(raw)?),
     })
 }

@@ -1,7 +1,8 @@
 //! MeshConfig: mesh-wide settings (Istio's `mesh` config map), with
-//! Istio's defaults. Parts other issues will model (extension providers,
-//! proxy defaults) are kept as JSON values; fields not listed here are kept
-//! in [`MeshConfig::extra`] rather than rejected.
+//! Istio's defaults. External authorizers among `extensionProviders` are
+//! typed ([`ExtensionProvider`]); other provider kinds and proxy defaults
+//! are kept as JSON values; fields not listed here are kept in
+//! [`MeshConfig::extra`] rather than rejected.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +44,7 @@ pub struct MeshConfig {
     pub trust_domain_aliases: Vec<String>,
     pub default_http_retry_policy: Option<HttpRetry>,
     pub outbound_traffic_policy: MeshOutboundTrafficPolicy,
-    pub extension_providers: Vec<serde_json::Value>,
+    pub extension_providers: Vec<ExtensionProvider>,
     pub default_providers: Option<serde_json::Value>,
     pub enable_auto_mtls: bool,
     /// ProxyConfig defaults (loosely typed for now).
@@ -62,6 +63,9 @@ pub struct MeshConfig {
     pub ingress_service: Option<String>,
     pub ingress_controller_mode: Option<String>,
     pub enable_prometheus_merge: Option<bool>,
+    /// `meshMTLS`: TLS settings of mesh mTLS (sidecar inbound).
+    #[serde(rename = "meshMTLS")]
+    pub mesh_mtls: Option<MeshTlsConfig>,
     /// Fields Trellis does not interpret yet.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -93,6 +97,7 @@ impl Default for MeshConfig {
             ingress_service: None,
             ingress_controller_mode: None,
             enable_prometheus_merge: None,
+            mesh_mtls: None,
             extra: BTreeMap::new(),
         }
     }
@@ -125,9 +130,192 @@ impl MeshConfig {
             .unwrap_or(defaults::RETRY_ATTEMPTS as i32)
     }
 
+    /// The extension provider named `name`.
+    pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers.iter().find(|p| p.name == name)
+    }
+
+    /// Problems Istio's validation reports in the parts of MeshConfig that
+    /// are typed here: `(field path, message)`.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for (i, p) in self.extension_providers.iter().enumerate() {
+            let path = format!("extensionProviders[{i}]");
+            if p.name.is_empty() {
+                out.push((
+                    format!("{path}.name"),
+                    "extension provider name is required".into(),
+                ));
+            } else if !names.insert(p.name.as_str()) {
+                out.push((
+                    format!("{path}.name"),
+                    format!(
+                        "extension provider name {:?} is used more than once",
+                        p.name
+                    ),
+                ));
+            }
+            let kinds = usize::from(p.envoy_ext_authz_http.is_some())
+                + usize::from(p.envoy_ext_authz_grpc.is_some())
+                + p.other.len();
+            if kinds != 1 {
+                out.push((
+                    path.clone(),
+                    "an extension provider needs exactly one provider kind".into(),
+                ));
+            }
+            if let Some(h) = &p.envoy_ext_authz_http {
+                let hp = format!("{path}.envoyExtAuthzHttp");
+                ext_authz_common(&mut out, &hp, &h.service, h.port, &h.status_on_error);
+                if !h.path_prefix.is_empty() && !h.path_prefix.starts_with('/') {
+                    out.push((
+                        format!("{hp}.pathPrefix"),
+                        format!("pathPrefix {:?} must begin with `/`", h.path_prefix),
+                    ));
+                }
+                for (field, list) in [
+                    (
+                        "includeRequestHeadersInCheck",
+                        &h.include_request_headers_in_check,
+                    ),
+                    ("includeHeadersInCheck", &h.include_headers_in_check),
+                    ("headersToUpstreamOnAllow", &h.headers_to_upstream_on_allow),
+                    (
+                        "headersToDownstreamOnDeny",
+                        &h.headers_to_downstream_on_deny,
+                    ),
+                    (
+                        "headersToDownstreamOnAllow",
+                        &h.headers_to_downstream_on_allow,
+                    ),
+                ] {
+                    for (j, v) in list.iter().enumerate() {
+                        if v == "*" {
+                            out.push((
+                                format!("{hp}.{field}[{j}]"),
+                                "a lone \"*\" is not supported; use a prefix or suffix match"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(g) = &p.envoy_ext_authz_grpc {
+                let gp = format!("{path}.envoyExtAuthzGrpc");
+                ext_authz_common(&mut out, &gp, &g.service, g.port, &g.status_on_error);
+            }
+        }
+        out
+    }
+
     /// The effective connect timeout.
     pub fn connect_timeout(&self) -> std::time::Duration {
         self.connect_timeout
             .map_or(defaults::CONNECT_TIMEOUT, IstioDuration::get)
     }
+}
+
+fn ext_authz_common(
+    out: &mut Vec<(String, String)>,
+    path: &str,
+    service: &str,
+    port: u32,
+    status_on_error: &str,
+) {
+    if service.is_empty() {
+        out.push((format!("{path}.service"), "service is required".into()));
+    } else if service.contains(char::is_whitespace) {
+        out.push((
+            format!("{path}.service"),
+            format!("service {service:?} is not a host name"),
+        ));
+    }
+    if !(1..=65535).contains(&port) {
+        out.push((
+            format!("{path}.port"),
+            format!("port {port} is outside 1..65535"),
+        ));
+    }
+    if !status_on_error.is_empty()
+        && !status_on_error
+            .parse::<u16>()
+            .is_ok_and(|c| (100..=599).contains(&c))
+    {
+        out.push((
+            format!("{path}.statusOnError"),
+            format!("statusOnError {status_on_error:?} is not an HTTP status code"),
+        ));
+    }
+}
+
+/// One MeshConfig `extensionProviders` entry. The external authorizers
+/// (`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`) are typed; other kinds
+/// (tracing, access logging, metrics) are kept as written in [`Self::other`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ext_authz_http: Option<EnvoyExtAuthzHttp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_ext_authz_grpc: Option<EnvoyExtAuthzGrpc>,
+    /// Other provider kinds, by their key (`opentelemetry`, `zipkin`, ...).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `envoyExtAuthzHttp`: an HTTP external authorization service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EnvoyExtAuthzHttp {
+    /// `host` or `namespace/host` of the authorizer.
+    pub service: String,
+    pub port: u32,
+    /// Istio: 600s when unset.
+    pub timeout: Option<IstioDuration>,
+    pub path_prefix: String,
+    pub fail_open: bool,
+    pub clear_route_cache: bool,
+    pub status_on_error: String,
+    /// Deprecated: `includeRequestHeadersInCheck`.
+    pub include_headers_in_check: Vec<String>,
+    pub include_request_headers_in_check: Vec<String>,
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    pub include_request_body_in_check: Option<ExtAuthzRequestBody>,
+    pub headers_to_upstream_on_allow: Vec<String>,
+    pub headers_to_downstream_on_deny: Vec<String>,
+    pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// `envoyExtAuthzGrpc`: a gRPC (`envoy.service.auth.v3.Authorization`)
+/// external authorization service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EnvoyExtAuthzGrpc {
+    pub service: String,
+    pub port: u32,
+    pub timeout: Option<IstioDuration>,
+    pub fail_open: bool,
+    pub clear_route_cache: bool,
+    pub status_on_error: String,
+    pub include_request_body_in_check: Option<ExtAuthzRequestBody>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExtAuthzRequestBody {
+    pub max_request_bytes: u32,
+    pub allow_partial_message: bool,
+    pub pack_as_bytes: bool,
+}
+
+/// `meshMTLS` / `tlsDefaults`: TLS versions and ciphers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshTlsConfig {
+    /// `TLS_AUTO`, `TLSV1_2` or `TLSV1_3`.
+    pub min_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+    pub ecdh_curves: Vec<String>,
 }

@@ -8,6 +8,7 @@ use crate::defaults::DEFAULT_NAMESPACE;
 use crate::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry, WorkloadGroup,
 };
+use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Kubernetes-style object metadata (the parts Istio uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,12 +46,12 @@ pub enum Spec {
     WorkloadEntry(WorkloadEntry),
     WorkloadGroup(WorkloadGroup),
     Sidecar(Sidecar),
-    /// `security.istio.io` PeerAuthentication (loosely typed for now).
-    PeerAuthentication(serde_json::Value),
-    /// `security.istio.io` AuthorizationPolicy (loosely typed for now).
-    AuthorizationPolicy(serde_json::Value),
-    /// `security.istio.io` RequestAuthentication (loosely typed for now).
-    RequestAuthentication(serde_json::Value),
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication(PeerAuthentication),
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy(AuthorizationPolicy),
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication(RequestAuthentication),
     /// `telemetry.istio.io` Telemetry (loosely typed for now).
     Telemetry(serde_json::Value),
     /// `extensions.istio.io` WasmPlugin (loosely typed for now).

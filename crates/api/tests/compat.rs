@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use api::security::MtlsMode;
 use api::{Spec, load, validate};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/compat/istio");
@@ -344,8 +345,15 @@ fn corpus_kinds_are_typed_as_expected() {
 
     let (objects, _) = load::load_file(&dir.join("config/authn.yaml"));
     assert!(
-        matches!(&objects[0].spec, Spec::PeerAuthentication(v) if v["mtls"]["mode"] == "PERMISSIVE")
+        matches!(&objects[0].spec, Spec::PeerAuthentication(pa) if pa.mode() == MtlsMode::Permissive)
     );
+    let (objects, _) = load::load_file(&dir.join("config/peer-authn-strict.yaml"));
+    let Spec::PeerAuthentication(pa) = &objects[0].spec else {
+        panic!("not a PeerAuthentication")
+    };
+    assert_eq!(objects[0].namespace(), "testns");
+    assert!(pa.is_namespace_wide());
+    assert_eq!(pa.mode(), MtlsMode::Strict);
 
     let (objects, _) = load::load_file(&dir.join("bookinfo/virtual-service-reviews-80-20.yaml"));
     let Spec::VirtualService(vs) = &objects[0].spec else {

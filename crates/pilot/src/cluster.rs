@@ -1,6 +1,8 @@
 //! Clusters and endpoints: one `outbound|<port>|<subset>|<host>` cluster per
 //! visible service port and DestinationRule subset, with the rule's traffic
-//! policy; ClusterLoadAssignments grouped by locality for EDS clusters.
+//! policy and upstream TLS (the rule's `tls`, else auto mTLS, see
+//! [`crate::security::tls`]); ClusterLoadAssignments grouped by locality for
+//! EDS clusters, endpoints with a sidecar marked `tlsMode: istio`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,6 +11,7 @@ use api::networking::destination_rule::{
     ClientTlsMode, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, H2UpgradePolicy,
     LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
 };
+use api::security::MtlsMode;
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
     circuit_breakers::Thresholds, cluster,
@@ -25,12 +28,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::envoy::r#type::v3::Percent;
-use registry::{Endpoint, Resolution, Service, ServicePort};
+use registry::{Endpoint, Location, Resolution, Service, ServicePort};
 
 use crate::context::PushContext;
-use crate::node::ProxyNode;
-use crate::pb;
+use crate::node::{NodeKind, ProxyNode};
 use crate::{Diagnostic, Generated};
+use crate::{pb, security};
 
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
@@ -70,13 +73,17 @@ pub(crate) fn add_outbound(
             let policy = merge_policy(None, top, port.number);
             let name = outbound_name(port.number, "", &svc.hostname);
             add_cluster(
-                ctx,
-                svc,
-                port,
+                ClusterScope {
+                    ctx,
+                    node,
+                    svc,
+                    port,
+                    dr,
+                },
                 &name,
+                "",
                 &BTreeMap::new(),
                 policy.as_ref(),
-                dr,
                 out,
             );
             if let Some((_, rule)) = dr {
@@ -84,13 +91,17 @@ pub(crate) fn add_outbound(
                     let merged = merge_policy(top, subset.traffic_policy.as_ref(), port.number);
                     let name = outbound_name(port.number, &subset.name, &svc.hostname);
                     add_cluster(
-                        ctx,
-                        svc,
-                        port,
+                        ClusterScope {
+                            ctx,
+                            node,
+                            svc,
+                            port,
+                            dr,
+                        },
                         &name,
+                        &subset.name,
                         &subset.labels,
                         merged.as_ref(),
-                        dr,
                         out,
                     );
                 }
@@ -160,17 +171,31 @@ fn apply_port_settings(
     p
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one outbound cluster is built for.
+#[derive(Clone, Copy)]
+struct ClusterScope<'a> {
+    ctx: &'a PushContext,
+    node: &'a ProxyNode,
+    svc: &'a Service,
+    port: &'a ServicePort,
+    dr: Option<(&'a Object, &'a DestinationRule)>,
+}
+
 fn add_cluster(
-    ctx: &PushContext,
-    svc: &Service,
-    port: &ServicePort,
+    scope: ClusterScope<'_>,
     name: &str,
+    subset: &str,
     subset_labels: &BTreeMap<String, String>,
     policy: Option<&TrafficPolicy>,
-    dr: Option<(&Object, &DestinationRule)>,
     out: &mut Generated,
 ) {
+    let ClusterScope {
+        ctx, svc, port, dr, ..
+    } = scope;
+    // The endpoints' `tlsMode` metadata follows the rule's TLS mode when
+    // it sets one (Istio's mtls checker), else their sidecar and
+    // PeerAuthentication.
+    let dr_tls_mode = policy.and_then(|p| p.tls.as_ref()).map(|t| t.mode());
     let mut c = Cluster {
         name: name.to_owned(),
         connect_timeout: Some(pb::duration(ctx.mesh().connect_timeout())),
@@ -197,7 +222,7 @@ fn add_cluster(
                 cluster::DiscoveryType::StrictDns
             }));
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
-            let mut cla = load_assignment(ctx, svc, port, name, subset_labels);
+            let mut cla = load_assignment(ctx, svc, port, name, subset_labels, dr_tls_mode);
             if cla.endpoints.is_empty() {
                 // A DNS ServiceEntry without endpoints resolves its own host.
                 cla.endpoints.push(locality_group(
@@ -219,18 +244,25 @@ fn add_cluster(
     if port.protocol == registry::Protocol::Http2 || port.protocol == registry::Protocol::Grpc {
         set_http2(&mut c);
     }
+    let origin = dr
+        .map(|(o, _)| format!("DestinationRule {}", o.key()))
+        .unwrap_or_default();
     if let Some(policy) = policy {
-        let origin = dr
-            .map(|(o, _)| format!("DestinationRule {}", o.key()))
-            .unwrap_or_default();
         apply_policy(&mut c, policy, port, &origin, &mut out.diagnostics);
         if c.cluster_discovery_type == Some(discovery(cluster::DiscoveryType::OriginalDst)) {
             eds = false;
         }
     }
+    apply_upstream_tls(scope, &mut c, subset, policy, &origin, &mut out.diagnostics);
     if eds {
-        out.endpoints
-            .push(load_assignment(ctx, svc, port, name, subset_labels));
+        out.endpoints.push(load_assignment(
+            ctx,
+            svc,
+            port,
+            name,
+            subset_labels,
+            dr_tls_mode,
+        ));
     }
     out.clusters.push(c);
 }
@@ -278,22 +310,6 @@ fn apply_policy(
     }
     if let Some(od) = &policy.outlier_detection {
         apply_outlier(c, od);
-    }
-    if let Some(tls) = &policy.tls {
-        // TODO(security): upstream TLS (SIMPLE/MUTUAL with files or
-        // credentialName, ISTIO_MUTUAL with SDS certificates, SNI, SANs) is
-        // the security issue's work; until then clusters stay plaintext.
-        if tls.mode() != ClientTlsMode::Disable {
-            diags.push(Diagnostic::new(
-                origin,
-                "spec.trafficPolicy.tls",
-                format!(
-                    "tls mode {:?} is not applied yet (cluster {} stays plaintext)",
-                    tls.mode(),
-                    c.name
-                ),
-            ));
-        }
     }
     if policy.tunnel.is_some() || policy.proxy_protocol.is_some() || policy.retry_budget.is_some() {
         diags.push(Diagnostic::new(
@@ -518,6 +534,166 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
     });
 }
 
+/// Whether an endpoint is labelled `tlsMode: istio` (Istio's
+/// `checkMtlsEnabled`): what the rule's TLS mode says when it sets one,
+/// else whether the endpoint runs a sidecar whose PeerAuthentication for
+/// that port is not DISABLE.
+fn endpoint_mtls(
+    ctx: &PushContext,
+    ep: &Endpoint,
+    target_port: u32,
+    dr_tls_mode: Option<ClientTlsMode>,
+) -> bool {
+    if let Some(mode) = dr_tls_mode {
+        return mode == ClientTlsMode::IstioMutual;
+    }
+    ep.has_sidecar
+        && security::peer_policy(ctx, &ep.namespace, &ep.labels)
+            .for_port(security::endpoint_workload_port(ep, target_port))
+            != MtlsMode::Disable
+}
+
+/// Upstream TLS of an outbound cluster (Istio's `buildUpstreamTLSSettings`
+/// and `applyUpstreamTLSSettings`): the DestinationRule's `tls` when set,
+/// else auto mTLS for mesh services whose namespace does not DISABLE it.
+fn apply_upstream_tls(
+    scope: ClusterScope<'_>,
+    c: &mut Cluster,
+    subset: &str,
+    policy: Option<&TrafficPolicy>,
+    origin: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    use security::tls;
+    let ClusterScope {
+        ctx,
+        node,
+        svc,
+        port,
+        dr,
+    } = scope;
+    let sni = format!("outbound_.{}_.{subset}_.{}", port.number, svc.hostname);
+    let original_dst =
+        c.cluster_discovery_type == Some(discovery(cluster::DiscoveryType::OriginalDst));
+    let http2 = is_http2_cluster(c);
+    if let Some(user) = policy.and_then(|p| p.tls.as_ref()) {
+        match user.mode() {
+            ClientTlsMode::Disable => {}
+            ClientTlsMode::IstioMutual => {
+                let sni = user.sni.clone().filter(|s| !s.is_empty()).unwrap_or(sni);
+                let sans = if user.subject_alt_names.is_empty() {
+                    security::service_identities(ctx, svc)
+                } else {
+                    user.subject_alt_names.clone()
+                };
+                c.transport_socket =
+                    Some(tls::upstream_socket(&tls::istio_mutual(&sni, &sans, http2)));
+            }
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+                let with_selector = dr.is_some_and(|(_, d)| d.workload_selector.is_some());
+                let credential = user
+                    .credential_name
+                    .as_deref()
+                    .is_some_and(|c| !c.is_empty());
+                if credential && node.kind == NodeKind::Sidecar && !with_selector {
+                    // istiod does not hand credentials to every sidecar a
+                    // rule without workloadSelector reaches.
+                    diags.push(Diagnostic::new(
+                        origin,
+                        "spec.trafficPolicy.tls.credentialName",
+                        format!(
+                            "credentialName applies to gateways or rules with a workloadSelector; cluster {} gets no TLS on this sidecar (as in Istio)",
+                            c.name
+                        ),
+                    ));
+                    return;
+                }
+                let sans = if user.subject_alt_names.is_empty() && svc.origin.kind == "ServiceEntry"
+                {
+                    security::service_identities(ctx, svc)
+                } else {
+                    user.subject_alt_names.clone()
+                };
+                let (ctx_tls, extras, problems) = tls::user_tls(user, &sans, http2);
+                for m in problems {
+                    diags.push(Diagnostic::new(origin, "spec.trafficPolicy.tls", m));
+                }
+                c.transport_socket = Some(tls::upstream_socket(&ctx_tls));
+                if port.protocol.is_http() && (extras.auto_sni || extras.auto_san_validation) {
+                    let mut opts = current_http_options(c);
+                    let upstream = opts
+                        .upstream_http_protocol_options
+                        .get_or_insert_with(Default::default);
+                    upstream.auto_sni = extras.auto_sni;
+                    upstream.auto_san_validation = extras.auto_san_validation;
+                    if opts.upstream_protocol_options.is_none() {
+                        opts.upstream_protocol_options = Some(explicit_h1());
+                    }
+                    c.typed_extension_protocol_options
+                        .insert(UPSTREAM_HTTP_OPTIONS.to_owned(), pb::any(&opts));
+                }
+            }
+        }
+        return;
+    }
+    if !ctx.mesh().enable_auto_mtls || svc.location == Location::MeshExternal {
+        return;
+    }
+    if service_mtls_mode(ctx, svc, port, original_dst) == MtlsMode::Disable {
+        return;
+    }
+    let sans = security::service_identities(ctx, svc);
+    let ctx_tls = tls::istio_mutual(&sni, &sans, http2);
+    if original_dst {
+        // Headless: every instance has a sidecar (checked above).
+        c.transport_socket = Some(tls::upstream_socket(&ctx_tls));
+    } else {
+        c.transport_socket_matches = tls::auto_mtls_matches(&ctx_tls);
+    }
+}
+
+/// Istio's `BestEffortInferServiceMTLSMode` for a mesh service: DISABLE for
+/// passthrough clusters unless every instance runs a sidecar, else the
+/// namespace (or mesh) PeerAuthentication mode, PERMISSIVE by default.
+fn service_mtls_mode(
+    ctx: &PushContext,
+    svc: &Service,
+    port: &ServicePort,
+    original_dst: bool,
+) -> MtlsMode {
+    if original_dst || svc.resolution == Resolution::None {
+        let all = BTreeMap::new();
+        let mut eps = ctx
+            .registry()
+            .endpoints(&svc.hostname, port.number, &all)
+            .peekable();
+        if eps.peek().is_none() {
+            return MtlsMode::Disable;
+        }
+        if eps.any(|e| !e.has_sidecar) {
+            return MtlsMode::Disable;
+        }
+    }
+    match security::namespace_mtls_mode(ctx, &svc.namespace) {
+        MtlsMode::Unset => MtlsMode::Permissive,
+        m => m,
+    }
+}
+
+/// Whether the cluster speaks HTTP/2 upstream (explicit h2 options).
+fn is_http2_cluster(c: &Cluster) -> bool {
+    matches!(
+        current_http_options(c).upstream_protocol_options,
+        Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                ),
+            }
+        ))
+    )
+}
+
 /// Endpoints of `svc` on `port` whose labels contain `subset_labels`,
 /// grouped by locality (`region/zone/subzone`).
 pub(crate) fn load_assignment(
@@ -526,6 +702,7 @@ pub(crate) fn load_assignment(
     port: &ServicePort,
     cluster_name: &str,
     subset_labels: &BTreeMap<String, String>,
+    dr_tls_mode: Option<ClientTlsMode>,
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
     for ep in ctx
@@ -550,7 +727,11 @@ pub(crate) fn load_assignment(
                         } else {
                             e.port
                         };
-                        lb_endpoint(&e.address, p, e.weight, e.healthy)
+                        let mut lb = lb_endpoint(&e.address, p, e.weight, e.healthy);
+                        if endpoint_mtls(ctx, e, port.target_port, dr_tls_mode) {
+                            lb.metadata = Some(security::tls::endpoint_tls_metadata());
+                        }
+                        lb
                     })
                     .collect();
                 locality_group(locality, lbs)

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use api::networking::destination_rule::DestinationRule;
 use api::networking::sidecar::{OutboundTrafficPolicyMode, Sidecar};
-use api::networking::{Gateway, VirtualService};
+use api::networking::{Gateway, ServiceEntry, VirtualService};
+use api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use api::{MeshConfig, Object, Spec};
 use registry::{Registry, Service};
 
@@ -60,6 +61,11 @@ struct Index {
     destination_rules: Vec<DrEntry>,
     gateways: Vec<usize>,
     sidecars: Vec<usize>,
+    peer_authentications: Vec<usize>,
+    authorization_policies: Vec<usize>,
+    request_authentications: Vec<usize>,
+    /// `namespace/name` → object index of ServiceEntries.
+    service_entries: BTreeMap<String, usize>,
 }
 
 impl PushContext {
@@ -134,6 +140,12 @@ impl PushContext {
                 }),
                 Spec::Gateway(_) => index.gateways.push(i),
                 Spec::Sidecar(_) => index.sidecars.push(i),
+                Spec::PeerAuthentication(_) => index.peer_authentications.push(i),
+                Spec::AuthorizationPolicy(_) => index.authorization_policies.push(i),
+                Spec::RequestAuthentication(_) => index.request_authentications.push(i),
+                Spec::ServiceEntry(_) => {
+                    index.service_entries.insert(obj.key(), i);
+                }
                 _ => {}
             }
         }
@@ -347,6 +359,49 @@ impl PushContext {
             &dr.export_to
         };
         exported_to(export, obj.namespace(), namespace)
+    }
+
+    /// PeerAuthentications, in configuration order.
+    pub fn peer_authentications(&self) -> impl Iterator<Item = (&Object, &PeerAuthentication)> {
+        self.index.peer_authentications.iter().filter_map(|&i| {
+            let obj = &self.objects[i];
+            match &obj.spec {
+                Spec::PeerAuthentication(pa) => Some((obj, pa)),
+                _ => None,
+            }
+        })
+    }
+
+    /// AuthorizationPolicies, in configuration order.
+    pub fn authorization_policies(&self) -> impl Iterator<Item = (&Object, &AuthorizationPolicy)> {
+        self.index.authorization_policies.iter().filter_map(|&i| {
+            let obj = &self.objects[i];
+            match &obj.spec {
+                Spec::AuthorizationPolicy(ap) => Some((obj, ap)),
+                _ => None,
+            }
+        })
+    }
+
+    /// RequestAuthentications, in configuration order.
+    pub fn request_authentications(
+        &self,
+    ) -> impl Iterator<Item = (&Object, &RequestAuthentication)> {
+        self.index.request_authentications.iter().filter_map(|&i| {
+            let obj = &self.objects[i];
+            match &obj.spec {
+                Spec::RequestAuthentication(ra) => Some((obj, ra)),
+                _ => None,
+            }
+        })
+    }
+
+    /// The ServiceEntry `namespace/name`, if configured.
+    pub fn service_entry(&self, key: &str) -> Option<&ServiceEntry> {
+        match &self.objects[*self.index.service_entries.get(key)?].spec {
+            Spec::ServiceEntry(se) => Some(se),
+            _ => None,
+        }
     }
 
     /// Gateways whose selector matches `labels`.

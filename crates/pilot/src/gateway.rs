@@ -69,6 +69,7 @@ pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
         }
     }
 
+    let sec = crate::security::WorkloadSecurity::for_node(node, ctx, &mut out.diagnostics);
     let bind = if node.is_local() {
         "127.0.0.1"
     } else {
@@ -86,6 +87,11 @@ pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
         out.routes.push(rc);
         let mut hcm = outbound_hcm(&format!("outbound_0.0.0.0_{port}"), &route_name(port));
         hcm.use_remote_address = Some(pb::boolv(true));
+        // RequestAuthentication and AuthorizationPolicy selecting the
+        // gateway apply on its listeners, as in Istio.
+        let mut filters = sec.http_filters.clone();
+        filters.append(&mut hcm.http_filters);
+        hcm.http_filters = filters;
         out.listeners.push(listener(
             &format!("0.0.0.0_{port}"),
             bind,

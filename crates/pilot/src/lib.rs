@@ -21,6 +21,9 @@
 //! - [`route`]: VirtualService HTTP routes to Envoy routes.
 //! - [`sidecar`]: sidecar listeners and outbound route tables.
 //! - [`gateway`]: gateway (router) listeners and route tables.
+//! - [`security`]: PeerAuthentication (inbound mTLS chains), auto mTLS and
+//!   DestinationRule TLS (upstream), RequestAuthentication (jwt_authn) and
+//!   AuthorizationPolicy (RBAC, ext_authz).
 //!
 //! Names follow Istio so that tools and dashboards keep working: clusters
 //! `outbound|<port>|<subset>|<host>`, `inbound|<port>||`, `BlackHoleCluster`,
@@ -33,6 +36,7 @@ pub mod gateway;
 pub mod node;
 pub(crate) mod pb;
 pub mod route;
+pub mod security;
 pub mod sidecar;
 
 use std::collections::BTreeMap;

@@ -11,8 +11,17 @@
 //!
 //! **Capture mode** (Istio's layout): `virtualOutbound` (15001, original
 //! destination) handing off to per-port `0.0.0.0_<port>` listeners (route
-//! table `<port>`), and `virtualInbound` (15006) with a filter chain per
-//! served target port.
+//! table `<port>`), and `virtualInbound` (15006) with filter chains per
+//! served target port and passthrough chains for the other ports.
+//!
+//! **Inbound security** (both modes, see [`crate::security`]): each inbound
+//! port gets Istio's filter chains for its PeerAuthentication mode —
+//! STRICT: mTLS only; PERMISSIVE (the default): mTLS for clients offering
+//! an Istio ALPN plus plaintext; DISABLE: plaintext — with the
+//! `tls_inspector` listener filter when a chain matches on TLS. HTTP chains
+//! run CUSTOM (RBAC + ext_authz), jwt_authn and the AUDIT/DENY/ALLOW RBAC
+//! filters before fault/cors/router; TCP chains run the network RBAC (and
+//! gRPC ext_authz) filters before `tcp_proxy`.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +34,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, Rds, http_connection_manager,
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use registry::{Protocol, Service};
@@ -35,6 +45,7 @@ use crate::cluster::{self, BLACKHOLE_CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, PASST
 use crate::context::PushContext;
 use crate::node::{LocalPorts, ProxyNode};
 use crate::route::{RouteScope, dedup_domains, default_route, virtual_service_routes};
+use crate::security::{WorkloadSecurity, tls};
 use crate::{Diagnostic, Generated, pb};
 
 /// The route table of the local-mode outbound listener.
@@ -45,6 +56,7 @@ pub const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
 pub const VIRTUAL_INBOUND_PORT: u32 = 15006;
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 
 pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
     let mut out = Generated::default();
@@ -109,6 +121,7 @@ fn local_mode(
     out.routes.push(route_config(OUTBOUND_HTTP_ROUTE, vhosts));
 
     let served = served_ports(node, ctx);
+    let sec = WorkloadSecurity::for_node(node, ctx, &mut out.diagnostics);
     for (&target, &listen) in &local.inbound {
         let protocol = served
             .get(&target)
@@ -126,14 +139,16 @@ fn local_mode(
                 target
             }
         };
-        let chain = inbound_chain(target, &protocol);
-        out.listeners.push(listener(
+        let chains = inbound_chains(ctx, &sec, target, &protocol, false);
+        let mut l = listener(
             &format!("inbound_{target}"),
             "127.0.0.1",
             listen,
             TrafficDirection::Inbound,
-            vec![chain],
-        ));
+            chains,
+        );
+        add_tls_inspector(&mut l);
+        out.listeners.push(l);
         out.clusters.push(cluster::inbound_static(
             ctx,
             target,
@@ -269,27 +284,47 @@ fn capture_mode(
         Vec::new(),
     );
     virtual_inbound.use_original_dst = Some(pb::boolv(true));
-    for (target, protocol) in served_ports(node, ctx) {
-        let mut chain = inbound_chain(target, &protocol);
-        chain.filter_chain_match = Some(FilterChainMatch {
-            destination_port: Some(pb::u32v(target)),
+    // Direct connections to 15006 itself go nowhere (Istio's blackhole).
+    virtual_inbound.filter_chains.push(FilterChain {
+        name: "virtualInbound-blackhole".to_owned(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(pb::u32v(VIRTUAL_INBOUND_PORT)),
             ..Default::default()
-        });
-        virtual_inbound.filter_chains.push(chain);
+        }),
+        filters: vec![tcp_proxy_filter(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER)],
+        ..Default::default()
+    });
+    let sec = WorkloadSecurity::for_node(node, ctx, &mut out.diagnostics);
+    let served = served_ports(node, ctx);
+    for (&target, protocol) in &served {
+        virtual_inbound
+            .filter_chains
+            .extend(inbound_chains(ctx, &sec, target, protocol, true));
         out.clusters.push(cluster::inbound_original_dst(
             ctx,
             target,
             matches!(protocol, Protocol::Http2 | Protocol::Grpc),
         ));
     }
-    virtual_inbound.default_filter_chain = Some(FilterChain {
-        name: INBOUND_PASSTHROUGH_CLUSTER.to_owned(),
-        filters: vec![tcp_proxy_filter(
-            INBOUND_PASSTHROUGH_CLUSTER,
-            INBOUND_PASSTHROUGH_CLUSTER,
-        )],
-        ..Default::default()
-    });
+    // Undeclared ports pass through to the original destination, under the
+    // workload's mTLS mode and TCP authorization (and each port-level
+    // PeerAuthentication port the services do not declare gets its own).
+    virtual_inbound
+        .filter_chains
+        .extend(passthrough_chains(ctx, &sec, sec.mode_for_port(0), None));
+    if let Some(peer) = &sec.peer {
+        for (&port, &mode) in &peer.per_port {
+            if !served.contains_key(&port) {
+                virtual_inbound.filter_chains.extend(passthrough_chains(
+                    ctx,
+                    &sec,
+                    mode,
+                    Some(port),
+                ));
+            }
+        }
+    }
+    add_tls_inspector(&mut virtual_inbound);
     out.listeners.push(virtual_inbound);
     out.clusters.push(cluster::passthrough(
         ctx,
@@ -441,53 +476,139 @@ fn namespace_protocol(ctx: &PushContext, namespace: &str, target: u32) -> Option
         .map(|p| p.protocol.clone())
 }
 
-fn inbound_chain(target: u32, protocol: &Protocol) -> FilterChain {
+/// The filter chains of one inbound port: one per mTLS option of its mode
+/// (Istio's `getFilterChainMatchOptions`), each with the workload's
+/// authorization filters; matched on the port when `port_match` (capture
+/// mode's shared listener).
+fn inbound_chains(
+    ctx: &PushContext,
+    sec: &WorkloadSecurity,
+    target: u32,
+    protocol: &Protocol,
+    port_match: bool,
+) -> Vec<FilterChain> {
     let cluster_name = cluster::inbound_name(target);
-    let filter = if protocol.is_http() {
-        let timeout = pb::duration(std::time::Duration::ZERO);
-        let rc = RouteConfiguration {
-            name: cluster_name.clone(),
-            virtual_hosts: vec![VirtualHost {
-                name: format!("inbound|http|{target}"),
-                domains: vec!["*".to_owned()],
-                routes: vec![Route {
-                    name: "default".to_owned(),
-                    r#match: Some(prefix_match()),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            cluster_name.clone(),
-                        )),
-                        timeout: Some(timeout),
-                        max_stream_duration: Some(route_action::MaxStreamDuration {
-                            max_stream_duration: Some(timeout),
-                            grpc_timeout_header_max: Some(timeout),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            validate_clusters: Some(pb::boolv(false)),
-            ..Default::default()
-        };
-        hcm_filter(HttpConnectionManager {
-            stat_prefix: format!("inbound_0.0.0.0_{target}"),
-            codec_type: http_connection_manager::CodecType::Auto as i32,
-            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)),
-            http_filters: crate::route::http_filters(),
-            upgrade_configs: websocket(),
+    let http = protocol.is_http();
+    let filters = if http {
+        vec![inbound_hcm_filter(target, &cluster_name, &sec.http_filters)]
+    } else {
+        let mut f = sec.tcp_filters.clone();
+        f.push(tcp_proxy_filter(&cluster_name, &cluster_name));
+        f
+    };
+    tls::chain_options(sec.mode_for_port(target), http)
+        .into_iter()
+        .map(|opt| FilterChain {
+            name: opt.chain_name(&cluster_name),
+            filter_chain_match: opt.filter_chain_match(port_match.then_some(target)),
+            filters: filters.clone(),
+            transport_socket: opt
+                .mtls
+                .then(|| tls::downstream_socket(&tls::downstream_mtls(ctx, http))),
             ..Default::default()
         })
-    } else {
-        tcp_proxy_filter(&cluster_name, &cluster_name)
+        .collect()
+}
+
+/// Passthrough chains of the virtual inbound listener for `mode` (Istio's
+/// `buildInboundPassthroughChains`, TCP only): to the original destination
+/// through `InboundPassthroughCluster`.
+fn passthrough_chains(
+    ctx: &PushContext,
+    sec: &WorkloadSecurity,
+    mode: api::security::MtlsMode,
+    port: Option<u32>,
+) -> Vec<FilterChain> {
+    let mut filters = sec.tcp_filters.clone();
+    filters.push(tcp_proxy_filter(
+        INBOUND_PASSTHROUGH_CLUSTER,
+        INBOUND_PASSTHROUGH_CLUSTER,
+    ));
+    let base = match port {
+        Some(p) => format!("virtualInbound-{p}"),
+        None => "virtualInbound".to_owned(),
     };
-    FilterChain {
-        name: cluster_name,
-        filters: vec![filter],
-        ..Default::default()
+    tls::chain_options(mode, false)
+        .into_iter()
+        .map(|opt| FilterChain {
+            name: opt.chain_name(&base),
+            filter_chain_match: opt.filter_chain_match(port),
+            filters: filters.clone(),
+            transport_socket: opt
+                .mtls
+                .then(|| tls::downstream_socket(&tls::downstream_mtls(ctx, false))),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The TLS inspector (Istio adds it when a chain matches on TLS).
+fn add_tls_inspector(l: &mut Listener) {
+    let needs = l
+        .filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| m.transport_protocol == "tls" || !m.server_names.is_empty())
+        });
+    if needs {
+        // As istiod does: a connection whose first bytes never come (a
+        // server-first protocol) goes on as plaintext after the timeout.
+        l.continue_on_listener_filters_timeout = true;
+        l.listener_filters.push(ListenerFilter {
+            name: TLS_INSPECTOR.to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pb::any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
     }
+}
+
+/// The inbound HTTP connection manager of `target`: the workload's
+/// security filters, then the route-level ones, routing everything to the
+/// inbound cluster.
+fn inbound_hcm_filter(target: u32, cluster_name: &str, security: &[HttpFilter]) -> Filter {
+    let timeout = pb::duration(std::time::Duration::ZERO);
+    let rc = RouteConfiguration {
+        name: cluster_name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{target}"),
+            domains: vec!["*".to_owned()],
+            routes: vec![Route {
+                name: "default".to_owned(),
+                r#match: Some(prefix_match()),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        cluster_name.to_owned(),
+                    )),
+                    timeout: Some(timeout),
+                    max_stream_duration: Some(route_action::MaxStreamDuration {
+                        max_stream_duration: Some(timeout),
+                        grpc_timeout_header_max: Some(timeout),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(pb::boolv(false)),
+        ..Default::default()
+    };
+    let mut http_filters = security.to_vec();
+    http_filters.extend(crate::route::http_filters());
+    hcm_filter(HttpConnectionManager {
+        stat_prefix: format!("inbound_0.0.0.0_{target}"),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)),
+        http_filters,
+        upgrade_configs: websocket(),
+        ..Default::default()
+    })
 }
 
 pub(crate) fn outbound_hcm(stat_prefix: &str, route_name: &str) -> HttpConnectionManager {

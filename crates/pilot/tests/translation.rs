@@ -682,7 +682,7 @@ spec:
 }
 
 #[test]
-fn upstream_tls_is_reported_not_failed() {
+fn a_destination_rule_istio_mutual_is_a_plain_transport_socket_not_auto_mtls_matches() {
     let yaml = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -693,14 +693,15 @@ spec:
     tls: {mode: ISTIO_MUTUAL}
 "#;
     let g = generate(&productpage(), &ctx(yaml));
-    assert!(g.cluster(&format!("outbound|9080||{REVIEWS}")).is_some());
-    assert!(
-        g.diagnostics
-            .iter()
-            .any(|d| d.field == "spec.trafficPolicy.tls"),
-        "{:?}",
-        g.diagnostics
+    let c = g
+        .cluster(&format!("outbound|9080||{REVIEWS}"))
+        .expect("cluster");
+    assert!(c.transport_socket_matches.is_empty());
+    assert_eq!(
+        c.transport_socket.as_ref().map(|t| t.name.as_str()),
+        Some("envoy.transport_sockets.tls")
     );
+    assert!(g.diagnostics.is_empty(), "{:?}", g.diagnostics);
 }
 
 #[test]

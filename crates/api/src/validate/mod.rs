@@ -8,6 +8,7 @@
 mod checks;
 mod destination_rule;
 mod gateway;
+mod security;
 mod service_entry;
 mod shared;
 mod sidecar;
@@ -100,6 +101,18 @@ const FORBIDDEN_ANNOTATIONS: &[&str] = &[
     "internal.istio.io/parent-names",
 ];
 
+/// The annotation that puts an AuthorizationPolicy in dry-run (shadow) mode.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Go's `strconv.ParseBool`, which Istio uses for annotation values.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// Validates one object. Kinds without a validator yet (loosely typed or
 /// unsupported ones) validate clean.
 pub fn validate(object: &Object) -> Validation {
@@ -112,13 +125,31 @@ pub fn validate(object: &Object) -> Validation {
             );
         }
     }
-    if object.metadata.annotations.contains_key("istio.io/dry-run")
-        && !matches!(object.spec, Spec::AuthorizationPolicy(_))
-    {
-        r.err(
-            "metadata.annotations.istio.io/dry-run",
-            "only AuthorizationPolicy supports the dry-run annotation",
-        );
+    if let Some(value) = object.metadata.annotations.get(DRY_RUN_ANNOTATION) {
+        let path = format!("metadata.annotations.{DRY_RUN_ANNOTATION}");
+        match &object.spec {
+            Spec::AuthorizationPolicy(ap) => {
+                if !matches!(
+                    ap.action(),
+                    crate::security::Action::Allow | crate::security::Action::Deny
+                ) {
+                    r.err(
+                        &path,
+                        format!(
+                            "dry-run is only supported with action ALLOW or DENY, not {}",
+                            ap.action().as_str()
+                        ),
+                    );
+                }
+                if parse_bool(value).is_none() {
+                    r.err(path, format!("{value:?} is not a boolean"));
+                }
+            }
+            _ => r.err(
+                path,
+                "only AuthorizationPolicy supports the dry-run annotation",
+            ),
+        }
     }
     let ns = object.namespace();
     match &object.spec {
@@ -129,6 +160,9 @@ pub fn validate(object: &Object) -> Validation {
         Spec::WorkloadEntry(we) => workload::validate_entry(we, &mut r),
         Spec::WorkloadGroup(wg) => workload::validate_group(wg, &mut r),
         Spec::Sidecar(sc) => sidecar::validate(ns, sc, &mut r),
+        Spec::PeerAuthentication(pa) => security::validate_peer_authentication(pa, &mut r),
+        Spec::AuthorizationPolicy(ap) => security::validate_authorization_policy(ap, &mut r),
+        Spec::RequestAuthentication(ra) => security::validate_request_authentication(ra, &mut r),
         _ => {}
     }
     let make = |(path, message): (String, String), severity| ValidationError {
