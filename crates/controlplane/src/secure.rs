@@ -28,20 +28,28 @@ const SERVING_NAMES: &[&str] = &[
 const SERVING_CERT_REFRESH: Duration = Duration::from_secs(6 * 3600);
 
 fn serving_config(ca: &MeshCa) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let ips = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
     let (chain, key) = ca.issue_serving_cert(SERVING_NAMES, &ips)?;
     let certs = identity::x509::certs_from_pem(&chain)?;
-    let key = <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(key.as_bytes())
+    let key =
+        <rustls::pki_types::PrivateKeyDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+            key.as_bytes(),
+        )
         .map_err(|e| anyhow::anyhow!("serving key: {e}"))?;
     let provider = identity::tls::crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for root in ca.trust_bundle() {
         roots.add(root.clone())?;
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -100,7 +108,9 @@ pub async fn serve_secure(
                 tokio::time::sleep(SERVING_CERT_REFRESH).await;
                 match serving_config(&ca) {
                     Ok(c) => config.store(c),
-                    Err(e) => tracing::error!(error = %e, "cannot renew the control plane's serving certificate"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot renew the control plane's serving certificate")
+                    }
                 }
             }
         });

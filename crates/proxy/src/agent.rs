@@ -205,6 +205,7 @@ pub async fn run_envoy(
     identity: &Identity,
     envoy: PathBuf,
     log_level: &str,
+    drain_time_s: u64,
 ) -> anyhow::Result<i32> {
     let json = identity
         .envoy_bootstrap_json()
@@ -227,6 +228,14 @@ pub async fn run_envoy(
             log_level,
         ])
         .arg("--disable-hot-restart")
+        // As pilot-agent runs it: a listener update closes old connections
+        // at their next response, so new configuration applies at once.
+        .args([
+            "--drain-time-s",
+            &drain_time_s.to_string(),
+            "--drain-strategy",
+            "immediate",
+        ])
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", envoy.display()))?;
@@ -250,29 +259,29 @@ pub fn serve_sds(
 ) {
     use prost::Message as _;
     let cache = xds::server::SnapshotCache::new();
-    let publish = |cache: &xds::server::SnapshotCache, list: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret]| {
-        let resources = list
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    prost_types::Any {
-                        type_url: xds::type_url::SECRET.to_string(),
-                        value: s.encode_to_vec(),
-                    },
-                )
-            })
-            .collect();
-        let mut snap = xds::Snapshot::new();
-        snap.set_hashed(xds::type_url::SECRET, resources);
-        cache.set_default_snapshot(snap);
-    };
+    let publish =
+        |cache: &xds::server::SnapshotCache,
+         list: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret]| {
+            let resources = list
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        prost_types::Any {
+                            type_url: xds::type_url::SECRET.to_string(),
+                            value: s.encode_to_vec(),
+                        },
+                    )
+                })
+                .collect();
+            let mut snap = xds::Snapshot::new();
+            snap.set_hashed(xds::type_url::SECRET, resources);
+            cache.set_default_snapshot(snap);
+        };
     publish(&cache, &secrets.borrow_and_update());
     let server_cache = std::sync::Arc::clone(&cache);
     tokio::spawn(async move {
-        if let Err(e) =
-            xds::server::serve_unix(&path, server_cache, std::future::pending()).await
-        {
+        if let Err(e) = xds::server::serve_unix(&path, server_cache, std::future::pending()).await {
             tracing::error!(error = %e, "SDS server stopped");
         }
     });

@@ -321,11 +321,7 @@ impl ConfigStore {
         let mut cluster_sds = BTreeSet::new();
         for (name, spec) in &state.specs {
             let needs = spec.transports.secret_names();
-            cluster_sds.extend(
-                needs
-                    .into_iter()
-                    .filter(|s| !is_local_secret(state, s)),
-            );
+            cluster_sds.extend(needs.into_iter().filter(|s| !is_local_secret(state, s)));
             // TLS transports need their secrets: until SDS delivers them the
             // cluster warms (its previous version, if any, keeps serving).
             let tls = match spec.transports.build(&secrets) {

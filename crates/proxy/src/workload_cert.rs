@@ -155,9 +155,10 @@ impl CaClient {
     pub async fn fetch(&self) -> anyhow::Result<WorkloadCert> {
         let csr = identity::csr::WorkloadCsr::generate(&self.id)?;
         let channel = self.channel().await?;
-        let chain = identity::grpc::request_certificate(channel, &self.token, csr.csr_pem(), self.ttl)
-            .await
-            .map_err(|s| anyhow::anyhow!("the CA refused {}: {}", self.id, s.message()))?;
+        let chain =
+            identity::grpc::request_certificate(channel, &self.token, csr.csr_pem(), self.ttl)
+                .await
+                .map_err(|s| anyhow::anyhow!("the CA refused {}: {}", self.id, s.message()))?;
         // Istio's answer: the chain, then the trust bundle last.
         let (root, certs) = chain
             .split_last()

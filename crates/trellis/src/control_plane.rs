@@ -103,7 +103,10 @@ pub(crate) async fn start(
             .secure_address
             .parse()
             .map_err(|e| anyhow::anyhow!("--secure-address {}: {e}", args.secure_address))?;
-        let ca = Arc::new(identity::MeshCa::load_or_create(&args.ca_dir, &trust_domain)?);
+        let ca = Arc::new(identity::MeshCa::load_or_create(
+            &args.ca_dir,
+            &trust_domain,
+        )?);
         tracing::info!(dir = %args.ca_dir.display(), origin = ?ca.origin(), %trust_domain, "mesh CA ready");
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -262,8 +262,9 @@ fn ca_client(args: &ProxyArgs) -> anyhow::Result<Option<proxy::workload_cert::Ca
         .ca_root
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("--ca-address needs --ca-root"))?;
-    let token = std::env::var("TRELLIS_CA_TOKEN")
-        .map_err(|_| anyhow::anyhow!("--ca-address needs the workload's token in $TRELLIS_CA_TOKEN"))?;
+    let token = std::env::var("TRELLIS_CA_TOKEN").map_err(|_| {
+        anyhow::anyhow!("--ca-address needs the workload's token in $TRELLIS_CA_TOKEN")
+    })?;
     let id = identity::SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)?;
     Ok(Some(proxy::workload_cert::CaClient::new(
         address,
@@ -278,7 +279,11 @@ fn ca_client(args: &ProxyArgs) -> anyhow::Result<Option<proxy::workload_cert::Ca
 /// refuses) and keeps it rotated; the receiver sees every new one.
 async fn workload_secrets(
     ca: proxy::workload_cert::CaClient,
-) -> anyhow::Result<tokio::sync::watch::Receiver<Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>>> {
+) -> anyhow::Result<
+    tokio::sync::watch::Receiver<
+        Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
+    >,
+> {
     let mut attempt = 0;
     let cert = loop {
         match ca.fetch().await {
@@ -325,7 +330,8 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
                         proxy::agent::serve_sds(socket.clone(), secrets);
                         identity.sds_socket = Some(socket);
                     }
-                    proxy::agent::run_envoy(&identity, envoy, &args.log_level).await
+                    proxy::agent::run_envoy(&identity, envoy, &args.log_level, args.drain_time_s)
+                        .await
                 })?;
                 std::process::exit(code);
             }

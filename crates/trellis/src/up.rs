@@ -67,11 +67,7 @@ struct CaHandout {
 
 impl CaHandout {
     /// Flags and environment for the proxy of `namespace/service_account`.
-    fn for_workload(
-        &self,
-        namespace: &str,
-        service_account: &str,
-    ) -> anyhow::Result<ProxyExtras> {
+    fn for_workload(&self, namespace: &str, service_account: &str) -> anyhow::Result<ProxyExtras> {
         let id = identity::SpiffeId::new(self.ca.trust_domain(), namespace, service_account)?;
         let argv = vec![
             "--ca-address".to_string(),
@@ -282,8 +278,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let mut gw_env = Vec::new();
     if let Some(h) = &handout {
-        let (argv, env) =
-            h.for_workload("istio-system", "istio-ingressgateway-service-account")?;
+        let (argv, env) = h.for_workload("istio-system", "istio-ingressgateway-service-account")?;
         gw_argv.extend(argv);
         gw_env = env;
     }

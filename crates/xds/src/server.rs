@@ -394,10 +394,11 @@ pub async fn serve_unix(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).map_err(|source| ServerError::BindUnix {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let listener =
+        tokio::net::UnixListener::bind(path).map_err(|source| ServerError::BindUnix {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let svc = AdsService::new(cache, stop_rx);
     let signal = async move {

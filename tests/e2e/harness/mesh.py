@@ -41,7 +41,8 @@ ISTIO_BOOKINFO = COMPAT_DIR / "istio" / "bookinfo"
 GATEWAY = ("127.0.0.1", 8080)
 ADS = ("127.0.0.1", 15010)
 DEBUG = ("127.0.0.1", 15014)
-FIXED_PORTS = (GATEWAY, ADS, DEBUG)
+SECURE = ("127.0.0.1", 15012)   # the CA and xDS over TLS
+FIXED_PORTS = (GATEWAY, ADS, DEBUG, SECURE)
 READY_LINE = "trellis up: ready"
 WORKLOADS = ("productpage-v1", "details-v1", "reviews-v1", "reviews-v2", "reviews-v3", "ratings-v1")
 
@@ -444,10 +445,13 @@ def up_supported() -> str | None:
 
 
 class TrellisUp:
-    def __init__(self, registry: ProcRegistry, mesh_dir: MeshDir, proxy: str):
+    def __init__(self, registry: ProcRegistry, mesh_dir: MeshDir, proxy: str, extra_args: list[str] = ()):
         self.registry = registry
         self.dir = mesh_dir
         self.proxy = proxy  # "trellis" | "envoy"
+        self.extra_args = list(extra_args)
+        # Each mesh gets its own CA (a fresh self-signed root), next to its directory.
+        self.ca_dir = mesh_dir.path.parent / "ca"
         self.proc: Proc | None = None
 
     def start(self, ready_timeout: float = 60.0) -> "TrellisUp":
@@ -461,7 +465,7 @@ class TrellisUp:
             time.sleep(0.2)
         assert not busy, (f"fixed ports {busy} still in use before `trellis up` (a previous mesh "
                           "left a process behind?)\n" + _listeners_of(busy))
-        argv = [str(trellis_bin()), "up", str(self.dir.path)]
+        argv = [str(trellis_bin()), "up", str(self.dir.path), "--ca-dir", str(self.ca_dir), *self.extra_args]
         env = {}
         if self.proxy == "envoy":
             argv += ["--proxy", "envoy"]

@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 
 use super::breaker::{Permit, Resources};
 use crate::addr::Target;
-use crate::tls::client::UpstreamTls;
 use crate::body::{Body, BoxError};
+use crate::tls::client::UpstreamTls;
 
 /// Idle HTTP/1.1 connections kept per host; more are closed when returned.
 const MAX_IDLE_H1: usize = 128;

@@ -120,13 +120,17 @@ impl Transports {
         if index == 0 {
             &self.default
         } else {
-            self.matches.get(index - 1).map_or(&self.default, |(_, t)| t)
+            self.matches
+                .get(index - 1)
+                .map_or(&self.default, |(_, t)| t)
         }
     }
 }
 
 fn subset(want: &Struct, have: &Struct) -> bool {
-    want.fields.iter().all(|(k, v)| have.fields.get(k) == Some(v))
+    want.fields
+        .iter()
+        .all(|(k, v)| have.fields.get(k) == Some(v))
 }
 
 /// A TLS error as the `(field, message)` of a cluster NACK.

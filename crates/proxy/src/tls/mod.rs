@@ -130,12 +130,15 @@ fn validation_context(
         }
         Some(ValidationContextType::CombinedValidationContext(c)) => {
             let field = "common_tls_context.combined_validation_context";
-            let sds = c.validation_context_sds_secret_config.as_ref().ok_or_else(|| {
-                invalid(
-                    format!("{field}.validation_context_sds_secret_config"),
-                    "is required",
-                )
-            })?;
+            let sds = c
+                .validation_context_sds_secret_config
+                .as_ref()
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{field}.validation_context_sds_secret_config"),
+                        "is required",
+                    )
+                })?;
             let dynamic = match secrets.get(&sds.name).and_then(|s| s.r#type.as_ref()) {
                 Some(secret::Type::ValidationContext(v)) => v,
                 Some(_) => {
@@ -179,9 +182,7 @@ fn trusted_roots(
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         let cert = cert.map_err(|e| invalid(FIELD, format!("invalid PEM: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| invalid(FIELD, e.to_string()))?;
+        roots.add(cert).map_err(|e| invalid(FIELD, e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(invalid(FIELD, "no certificate found"));
@@ -248,9 +249,14 @@ pub fn server_config(any: &Any, secrets: &Secrets) -> Result<Arc<rustls::ServerC
         .require_client_certificate
         .map(|b| b.value)
         .unwrap_or(false);
-    let roots = match validation_context(&common, secrets)? {
-        Some(vc) => trusted_roots(&vc)?,
-        None => None,
+    let (roots, sans) = match validation_context(&common, secrets)? {
+        Some(vc) => {
+            let sans = san::compile(&vc).map_err(|(f, m)| {
+                invalid(format!("common_tls_context.validation_context.{f}"), m)
+            })?;
+            (trusted_roots(&vc)?, sans)
+        }
+        None => (None, Vec::new()),
     };
     let builder = match roots {
         Some(roots) => {
@@ -266,7 +272,13 @@ pub fn server_config(any: &Any, secrets: &Secrets) -> Result<Arc<rustls::ServerC
             let verifier = verifier
                 .build()
                 .map_err(|e| invalid("common_tls_context.validation_context", e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            if sans.is_empty() {
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(san::ClientSanVerifier::new(
+                    verifier, sans,
+                )))
+            }
         }
         _ if require_client => {
             return Err(invalid(

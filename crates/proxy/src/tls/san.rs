@@ -28,7 +28,9 @@ pub(crate) struct SanMatcher {
 }
 
 /// Compiles the SAN matchers of a validation context.
-pub(crate) fn compile(vc: &CertificateValidationContext) -> Result<Vec<SanMatcher>, (String, String)> {
+pub(crate) fn compile(
+    vc: &CertificateValidationContext,
+) -> Result<Vec<SanMatcher>, (String, String)> {
     let mut out = Vec::new();
     for (i, m) in vc.match_typed_subject_alt_names.iter().enumerate() {
         let field = format!("match_typed_subject_alt_names[{i}]");
@@ -38,7 +40,10 @@ pub(crate) fn compile(vc: &CertificateValidationContext) -> Result<Vec<SanMatche
             Ok(SanType::Email) => Kind::Email,
             Ok(SanType::IpAddress) => Kind::Ip,
             Ok(SanType::OtherName) => {
-                return Err((format!("{field}.san_type"), "OTHER_NAME is not supported".into()));
+                return Err((
+                    format!("{field}.san_type"),
+                    "OTHER_NAME is not supported".into(),
+                ));
             }
             _ => return Err((format!("{field}.san_type"), "a SAN type is required".into())),
         };
@@ -51,8 +56,8 @@ pub(crate) fn compile(vc: &CertificateValidationContext) -> Result<Vec<SanMatche
     }
     #[allow(deprecated)]
     for (i, sm) in vc.match_subject_alt_names.iter().enumerate() {
-        let matcher = StringMatch::compile(sm)
-            .map_err(|e| (format!("match_subject_alt_names[{i}]"), e))?;
+        let matcher =
+            StringMatch::compile(sm).map_err(|e| (format!("match_subject_alt_names[{i}]"), e))?;
         out.push(SanMatcher {
             kind: Kind::Any,
             matcher,
@@ -121,10 +126,82 @@ fn ip_string(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// A client-certificate verifier that, after the chain checks, requires a
+/// SAN some matcher accepts (Istio's trust-domain check on inbound mTLS).
+#[derive(Debug)]
+pub(crate) struct ClientSanVerifier {
+    inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+}
+
+impl ClientSanVerifier {
+    pub(crate) fn new(
+        inner: std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>,
+        sans: Vec<SanMatcher>,
+    ) -> Self {
+        Self { inner, sans }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientSanVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !matches(end_entity, &self.sans) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        StringMatcher, string_matcher::MatchPattern,
+    };
 
     fn exact(s: &str) -> StringMatch {
         StringMatch::compile(&StringMatcher {
