@@ -334,6 +334,7 @@ impl AggregatedDiscoveryService for AdsService {
             node_id: String::new(),
             watches: HashMap::new(),
             nonce: 0,
+            rewarm_eds: false,
         };
         tokio::spawn(stream.run(request.into_inner(), self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -524,6 +525,11 @@ struct SotwStream {
     node_id: String,
     watches: HashMap<String, SotwWatch>,
     nonce: u64,
+    /// A changed cluster set went out: Envoy re-warms the changed clusters
+    /// and asks for their endpoints again with an unchanged request, which
+    /// must be answered (as Istio pushes EDS with every CDS push) or the
+    /// clusters wait for `initial_fetch_timeout`.
+    rewarm_eds: bool,
 }
 
 impl SotwStream {
@@ -557,6 +563,9 @@ impl SotwStream {
             count = resources.len(),
             "sending"
         );
+        if type_url == type_url::CLUSTER && watch.sent_version.is_some() {
+            self.rewarm_eds = true;
+        }
         watch.sent_version = Some(ts.version.clone());
         watch.sent_nonce = nonce.clone();
         let response = DiscoveryResponse {
@@ -644,7 +653,8 @@ impl StreamHandler for SotwStream {
                 } else {
                     self.cache.record_ack(&self.node_id, &t, &req.version_info);
                 }
-                let changed = w.names != names;
+                let rewarm = t == type_url::ENDPOINT && std::mem::take(&mut self.rewarm_eds);
+                let changed = w.names != names || rewarm;
                 w.names = names;
                 changed
             }
