@@ -128,16 +128,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             },
             _ => text(StatusCode::BAD_REQUEST, "usage: /logging?level=<trace|debug|info|warn|error|off>\n".into()),
         },
+        "/reopen_logs" if post => {
+            crate::access_log::reopen_all();
+            text(StatusCode::OK, "OK\n".into())
+        }
         "/quitquitquit" if post => {
             state.shutdown.notify_one();
             text(StatusCode::OK, "OK\n".into())
         }
-        "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/quitquitquit" => {
+        "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/quitquitquit" | "/reopen_logs" => {
             text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST\n".into())
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail\n  /healthcheck/ok\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".into(),
+            "admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail\n  /healthcheck/ok\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /reopen_logs\n  /server_info\n  /stats\n  /stats/prometheus\n".into(),
         ),
     }
 }

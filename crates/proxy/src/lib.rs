@@ -6,6 +6,7 @@
 //! the bootstrap and the ADS client (`ads`) feed the `store`, which compiles
 //! resources and publishes an immutable `snapshot` that requests read.
 
+pub mod access_log;
 pub mod addr;
 pub mod admin;
 mod ads;

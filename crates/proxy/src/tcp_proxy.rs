@@ -11,9 +11,11 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::access_log::Entry;
 use crate::addr::Target;
 use crate::duration::timeout_or;
 use crate::error::{ConfigError, ErrorScope};
+use crate::http::flags::Flag;
 use crate::snapshot::SharedSnapshot;
 
 /// Bytes moved per read/write in each direction. 16 KiB cost ~8x Envoy's
@@ -38,6 +40,7 @@ pub struct TcpProxy {
     clusters: Clusters,
     idle_timeout: Option<Duration>,
     max_connect_attempts: u32,
+    pub access_logs: Vec<crate::access_log::AccessLog>,
 }
 
 impl TcpProxy {
@@ -74,7 +77,10 @@ impl TcpProxy {
                 ));
             }
         };
+        let access_logs =
+            crate::access_log::compile_list(&p.access_log, scope, &format!("{field}.access_log"))?;
         Ok(Self {
+            access_logs,
             stat_prefix: p.stat_prefix,
             clusters,
             // Envoy closes idle TCP proxy connections after one hour by default.
@@ -106,31 +112,67 @@ impl TcpProxy {
         }
     }
 
-    /// Proxies until either side closes or the connection idles out.
-    /// `original_dst` is used by ORIGINAL_DST clusters.
+    /// Proxies until either side closes or the connection idles out, then
+    /// writes the access logs (`entry` carries the downstream side; `None`
+    /// when nothing is logged). `original_dst` is used by ORIGINAL_DST clusters.
     pub async fn serve<IO>(
+        &self,
+        downstream: IO,
+        snapshot: &SharedSnapshot,
+        original_dst: Option<std::net::SocketAddr>,
+        entry: Option<Entry>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = std::time::Instant::now();
+        let mut entry = entry;
+        self.proxy(downstream, snapshot, original_dst, entry.as_mut())
+            .await;
+        if let Some(mut e) = entry {
+            e.duration = Some(start.elapsed());
+            crate::access_log::log_all(&self.access_logs, &e);
+        }
+    }
+
+    async fn proxy<IO>(
         &self,
         mut downstream: IO,
         snapshot: &SharedSnapshot,
         original_dst: Option<std::net::SocketAddr>,
+        mut entry: Option<&mut Entry>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let name = self.pick_cluster();
         let cluster = snapshot.load().clusters.get(name).cloned();
+        if let Some(e) = entry.as_deref_mut() {
+            e.upstream_cluster = Some(name.to_string());
+        }
         let Some(cluster) = cluster else {
             tracing::debug!(cluster = name, "tcp_proxy: unknown cluster, closing");
+            if let Some(e) = entry.as_deref_mut() {
+                e.flags.set(Flag::NoClusterFound);
+            }
             return;
         };
         let mut upstream = None;
         for _ in 0..self.max_connect_attempts {
-            let (target, host) = if cluster.spec.discovery == crate::cluster::Discovery::OriginalDst {
+            let (target, host) = if cluster.spec.discovery == crate::cluster::Discovery::OriginalDst
+            {
                 (original_dst.map(Target::Ip), None)
             } else {
                 let host = cluster.pick(&Default::default()).cloned();
                 (host.as_ref().map(|h| h.target.clone()), host)
             };
-            let Some(target) = target else { break };
+            let Some(target) = target else {
+                if let Some(e) = entry.as_deref_mut() {
+                    e.flags.set(Flag::NoHealthyUpstream);
+                }
+                break;
+            };
+            if let Some(e) = entry.as_deref_mut() {
+                e.upstream_host = Some(target.to_string());
+            }
             let report = |o: crate::cluster::outlier::Outcome| {
                 if let Some(h) = &host {
                     cluster.report_outcome(h, o);
@@ -149,7 +191,15 @@ impl TcpProxy {
                     upstream = Some(s);
                     break;
                 }
-                Ok(Err(e)) => tracing::debug!(%target, error = %e, "tcp_proxy: connect failed"),
+                Ok(Err(err)) => {
+                    tracing::debug!(%target, error = %err, "tcp_proxy: connect failed");
+                    if let Some(e) = entry.as_deref_mut() {
+                        let text = err.to_string();
+                        let text = text.split(" (os error").next().unwrap_or_default();
+                        e.upstream_transport_failure_reason =
+                            Some(format!("delayed_connect_error:_{}", text.replace(' ', "_")));
+                    }
+                }
                 Err(_) => tracing::debug!(%target, "tcp_proxy: connect timed out"),
             }
             report(crate::cluster::outlier::Outcome::ConnectFailed);
@@ -158,27 +208,64 @@ impl TcpProxy {
                 .upstream_cx_connect_fail
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some(upstream) = upstream else { return };
+        let Some(upstream) = upstream else {
+            if let Some(e) = entry.as_deref_mut()
+                && e.upstream_host.is_some()
+            {
+                // Envoy marks the last failed attempt as exhausting the
+                // connect attempts too, even with a single attempt.
+                e.flags.set(Flag::UpstreamConnectionFailure);
+                e.flags.set(Flag::UpstreamRetryLimitExceeded);
+            }
+            return;
+        };
+        if let Some(e) = entry.as_deref_mut() {
+            e.upstream_local = upstream.local_addr().ok();
+            e.upstream_transport_failure_reason = None;
+        }
         cluster
             .stats
             .upstream_rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _ = copy_with_idle_timeout(&mut downstream, upstream, self.idle_timeout).await;
+        let (received, sent) =
+            copy_with_idle_timeout(&mut downstream, upstream, self.idle_timeout).await;
+        if let Some(e) = entry {
+            e.bytes_received = received;
+            e.bytes_sent = sent;
+            e.upstream_wire_sent = received;
+            e.upstream_wire_received = sent;
+        }
     }
 }
 
-/// Bidirectional copy where any byte in either direction resets the idle timer.
+/// Bidirectional copy where any byte in either direction resets the idle
+/// timer. Returns the bytes moved downstream → upstream and back.
 async fn copy_with_idle_timeout<IO>(
     down: &mut IO,
     up: TcpStream,
     idle: Option<Duration>,
+) -> (u64, u64)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut counts = (0u64, 0u64);
+    let _ = copy_counting(down, up, idle, &mut counts).await;
+    counts
+}
+
+async fn copy_counting<IO>(
+    down: &mut IO,
+    up: TcpStream,
+    idle: Option<Duration>,
+    counts: &mut (u64, u64),
 ) -> std::io::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(idle) = idle else {
         let mut up = up;
-        tokio::io::copy_bidirectional_with_sizes(down, &mut up, COPY_BUFFER, COPY_BUFFER).await?;
+        *counts = tokio::io::copy_bidirectional_with_sizes(down, &mut up, COPY_BUFFER, COPY_BUFFER)
+            .await?;
         return Ok(());
     };
     let (mut down_r, mut down_w) = tokio::io::split(down);
@@ -190,11 +277,11 @@ where
         tokio::select! {
             r = down_r.read(&mut buf_a), if down_open => match r? {
                 0 => { down_open = false; let _ = up_w.shutdown().await; }
-                n => up_w.write_all(&buf_a[..n]).await?,
+                n => { up_w.write_all(&buf_a[..n]).await?; counts.0 += n as u64; }
             },
             r = up_r.read(&mut buf_b), if up_open => match r? {
                 0 => { up_open = false; let _ = down_w.shutdown().await; }
-                n => down_w.write_all(&buf_b[..n]).await?,
+                n => { down_w.write_all(&buf_b[..n]).await?; counts.1 += n as u64; }
             },
             _ = tokio::time::sleep(idle) => {
                 tracing::debug!("tcp_proxy: idle timeout");

@@ -211,11 +211,10 @@ impl ClusterSpec {
             _ => self.static_assignment.as_ref(),
         };
         let assignment = match cla {
-            Some(cla) => {
-                endpoints_of(cla, self.discovery == Discovery::Dns, &self.transports).map_err(|(field, msg)| {
+            Some(cla) => endpoints_of(cla, self.discovery == Discovery::Dns, &self.transports)
+                .map_err(|(field, msg)| {
                     ErrorScope::new("cluster_load_assignment", &cla.cluster_name).err(field, msg)
-                })?
-            }
+                })?,
             None => Assignment {
                 endpoints: Vec::new(),
                 localities: Vec::new(),
@@ -227,7 +226,10 @@ impl ClusterSpec {
         let mut reuse: HashMap<&Target, (&Arc<HostState>, &Arc<Transport>)> = HashMap::new();
         if let Some(prev) = previous {
             for h in &prev.all_hosts {
-                reuse.insert(&h.target, (&h.state, prev.spec.transports.transport(h.transport)));
+                reuse.insert(
+                    &h.target,
+                    (&h.state, prev.spec.transports.transport(h.transport)),
+                );
             }
         }
         let hosts: Vec<Arc<Host>> = assignment

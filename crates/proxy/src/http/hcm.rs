@@ -64,6 +64,7 @@ pub struct HcmConfig {
     pub internal_ranges: Vec<crate::cidr::Cidr>,
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<String>,
+    pub access_logs: Vec<crate::access_log::AccessLog>,
 }
 
 impl HcmConfig {
@@ -99,6 +100,8 @@ impl HcmConfig {
             super::filters::check_per_route_configs(&filters, table)
                 .map_err(|(at, m)| scope.err(f(&format!("route_config.{at}")), m))?;
         }
+        let access_logs =
+            crate::access_log::compile_list(&hcm.access_log, scope, &f("access_log"))?;
         let common = hcm.common_http_protocol_options.unwrap_or_default();
         let server_transform = hcm.server_header_transformation;
         let server_name = if server_transform
@@ -211,6 +214,7 @@ impl HcmConfig {
                 .as_ref()
                 .map(|o| o.default_host_for_http_10.clone())
                 .filter(|h| !h.is_empty()),
+            access_logs,
         })
     }
 

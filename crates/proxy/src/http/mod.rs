@@ -5,6 +5,7 @@ pub mod filters;
 pub mod flags;
 pub mod hcm;
 pub mod local_reply;
+pub(crate) mod log;
 pub(crate) mod retry;
 mod router;
 pub mod server;

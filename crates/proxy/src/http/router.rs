@@ -11,7 +11,6 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
 };
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::borrow::Cow;
 
 use route::{Forward, RequestView, RouteTable, Selected, Variable};
@@ -88,10 +87,31 @@ pub(super) fn protocol_name(v: Version) -> &'static str {
     }
 }
 
+/// Envoy's transport failure reason for a failed connect: the socket
+/// error as `strerror` words it.
+fn connect_failure_reason(detail: &str) -> String {
+    let text = match detail.find(" (os error") {
+        Some(i) => &detail[..i],
+        None => detail,
+    };
+    format!("delayed connect error: {text}")
+}
+
 fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response<Body> {
+    upstream_error_reply_after(e, state, false)
+}
+
+fn upstream_error_reply_after(
+    e: &UpstreamError,
+    state: &mut RequestState,
+    retried: bool,
+) -> Response<Body> {
     let (flag, reason) = match e {
         UpstreamError::Connect(detail) => {
             tracing::debug!(%detail, "upstream connect failed");
+            if !detail.starts_with("TLS error") {
+                state.transport_failure = Some(connect_failure_reason(detail).replace(' ', "_"));
+            }
             (
                 Flag::UpstreamConnectionFailure,
                 "remote connection failure".to_string(),
@@ -108,9 +128,20 @@ fn upstream_error_reply(e: &UpstreamError, state: &mut RequestState) -> Response
         UpstreamError::Overflow => (Flag::UpstreamOverflow, "overflow".to_string()),
     };
     state.flags.set(flag);
-    let text = format!(
-        "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
-    );
+    let detail = match &state.transport_failure {
+        Some(t) => format!("{}|{t}", reason.replace(' ', "_")),
+        None => reason.replace(' ', "_"),
+    };
+    state.detail(format!(
+        "upstream_reset_before_response_started{{{detail}}}"
+    ));
+    let text = if retried {
+        format!(
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}"
+        )
+    } else {
+        format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+    };
     local_reply::reply(StatusCode::SERVICE_UNAVAILABLE, &text, state.grpc)
 }
 
@@ -217,7 +248,7 @@ fn shadow_authority(authority: &str) -> String {
 pub(super) async fn forward(
     ctx: Forwarding<'_>,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: Body,
     state: &mut RequestState,
 ) -> Result<Response<Body>, Response<Body>> {
     let grpc = state.grpc;
@@ -227,6 +258,7 @@ pub(super) async fn forward(
     let snapshot = ctx.conn.snapshot.load();
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
         state.flags.set(Flag::NoClusterFound);
+        state.detail("cluster_not_found");
         state.cluster = Some(cluster_name.to_string());
         return Err(local_reply::reply(
             ctx.forward.cluster_not_found_response_code,
@@ -243,6 +275,7 @@ pub(super) async fn forward(
     {
         // Envoy refuses and closes: the client's bytes after the request
         // would otherwise be read as a new request.
+        state.detail("upgrade_failed");
         let mut resp = local_reply::reply(StatusCode::FORBIDDEN, "", grpc);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -271,6 +304,7 @@ pub(super) async fn forward(
     let lb_ctx = crate::cluster::LbContext::with_hash(request_hash.hash);
     let Some(host) = cluster.pick(&lb_ctx).cloned() else {
         state.flags.set(Flag::NoHealthyUpstream);
+        state.detail("no_healthy_upstream");
         return Err(local_reply::reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream",
@@ -405,7 +439,7 @@ pub(super) async fn forward(
     let retry = retry.filter(|_| body_fits || !mirrors.is_empty());
     let mut streamed = None;
     let buffered: Option<Bytes> = if mirrors.is_empty() && retry.is_none() {
-        streamed = Some(body::incoming(body));
+        streamed = Some(body);
         None
     } else {
         let limit = if mirrors.is_empty() {
@@ -413,9 +447,8 @@ pub(super) async fn forward(
         } else {
             MIRROR_BODY_LIMIT
         };
-        match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
+        match collect_limited(body, limit).await {
+            Ok(bytes) => {
                 spawn_mirrors(
                     &mirrors, ctx.conn, parts, &headers, &path, &authority, &bytes,
                 );
@@ -476,6 +509,7 @@ pub(super) async fn forward(
         *req.version_mut() = http_version;
         *req.headers_mut() = headers.clone();
         state.upstream_host = Some(host.target.to_string());
+        state.attempts += 1;
         tried.push(host.target.clone());
 
         cluster
@@ -553,6 +587,7 @@ pub(super) async fn forward(
                     .upstream_rq_timeout
                     .fetch_add(1, Ordering::Relaxed);
                 state.flags.set(Flag::UpstreamRequestTimeout);
+                state.detail("upstream_response_timeout");
                 return Err(local_reply::reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream request timeout",
@@ -584,7 +619,7 @@ pub(super) async fn forward(
                 {
                     state.flags.set(Flag::UpstreamRetryLimitExceeded);
                 }
-                return Err(upstream_error_reply(&e, state));
+                return Err(upstream_error_reply_after(&e, state, retries > 0));
             }
             Ok(Ok(resp)) => {
                 // Envoy never retries an answer marked as overloaded.
@@ -618,6 +653,8 @@ pub(super) async fn forward(
                 if retriable && retry_left.is_none() && retries > 0 {
                     state.flags.set(Flag::UpstreamRetryLimitExceeded);
                 }
+                state.upstream_response = Some(Instant::now());
+                state.detail("via_upstream");
                 // Breaker and least-request counts last until the body ends.
                 break resp.map(|b| body::guarded(b, (active, attempt_retry_permit)));
             }
@@ -646,6 +683,21 @@ pub(super) async fn forward(
         }
     }
     Ok(resp)
+}
+
+/// Reads a whole body, refusing more than `limit` bytes.
+async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, ()> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Counts a retry, waits out its back-off and picks the host to try next.

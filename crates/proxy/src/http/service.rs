@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub requested_server_name: Option<String>,
     pub hcm: Arc<HcmConfig>,
     pub snapshot: SharedSnapshot,
+    /// Envoy's `%CONNECTION_ID%`.
+    pub connection_id: u64,
 }
 
 /// Per-request state that outlives routing: flags and timing for logs and
@@ -55,6 +57,20 @@ pub struct RequestState {
     pub downstream_remote: IpAddr,
     /// What filters leave for the filters after them (jwt_authn → RBAC).
     pub dynamic_metadata: crate::rbac::DynamicMetadata,
+    /// Envoy's response code details (`via_upstream`, `route_not_found`...).
+    pub details: Option<String>,
+    pub route_name: Option<String>,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    pub transport_failure: Option<String>,
+    /// When the upstream's response headers arrived.
+    pub upstream_response: Option<Instant>,
+    pub attempts: u32,
+}
+
+impl RequestState {
+    pub fn detail(&mut self, d: impl Into<String>) {
+        self.details = Some(d.into());
+    }
 }
 
 pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
@@ -66,9 +82,21 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         cluster: None,
         downstream_remote: conn.remote.ip(),
         dynamic_metadata: crate::rbac::DynamicMetadata::default(),
+        details: None,
+        route_name: None,
+        transport_failure: None,
+        upstream_response: None,
+        attempts: 0,
     };
+    let start_time = SystemTime::now();
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
+    let (body, progress) = if hcm.access_logs.is_empty() {
+        (body::incoming(body), None)
+    } else {
+        let (b, p) = super::log::count_request(body::incoming(body), state.start);
+        (b, Some(p))
+    };
     state.downstream_remote = final_remote_address(&conn, &parts.headers);
     let request_id = prepare_request(&conn, &mut parts.headers);
     // The stream idles out while it waits for response headers: Envoy then
@@ -83,6 +111,7 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         Some(Ok(resp) | Err(resp)) => resp,
         None => {
             state.flags.set(Flag::StreamIdleTimeout);
+            state.detail("stream_idle_timeout");
             local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "stream timeout", state.grpc)
         }
     };
@@ -100,7 +129,61 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         upstream = state.upstream_host.as_deref().unwrap_or("-"),
         "request"
     );
-    resp
+    match progress {
+        Some(p) => log_when_sent(&conn, &parts, resp, state, start_time, p),
+        None => resp,
+    }
+}
+
+/// Attaches the access log entry to the response body (logged when it ends).
+fn log_when_sent(
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    resp: Response<Body>,
+    state: RequestState,
+    start_time: SystemTime,
+    progress: Arc<super::log::RequestProgress>,
+) -> Response<Body> {
+    let downstream_remote = if state.downstream_remote == conn.remote.ip() {
+        conn.remote
+    } else {
+        SocketAddr::new(state.downstream_remote, 0)
+    };
+    let mut entry = crate::access_log::Entry::connection(downstream_remote, conn.local, start_time);
+    entry.downstream_direct_remote = conn.remote;
+    entry.request_headers = Some(parts.headers.clone());
+    entry.method = Some(parts.method.to_string());
+    entry.path = Some(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
+    );
+    entry.authority = authority_of(parts);
+    entry.scheme = Some(if conn.tls { "https" } else { "http" });
+    entry.response_headers = Some(resp.headers().clone());
+    entry.protocol = Some(router::protocol_name(parts.version));
+    entry.response_code = Some(resp.status().as_u16());
+    entry.response_code_details = state.details;
+    entry.flags = state.flags;
+    entry.upstream_host = state.upstream_host;
+    entry.upstream_cluster = state.cluster;
+    entry.upstream_transport_failure_reason = state.transport_failure;
+    entry.attempt_count = state.attempts;
+    entry.peer = conn.peer.clone();
+    entry.requested_server_name = conn.requested_server_name.clone();
+    entry.route_name = state.route_name;
+    entry.connection_id = conn.connection_id;
+    entry.dynamic_metadata = Some(state.dynamic_metadata);
+    let pending = super::log::Pending {
+        hcm: Arc::clone(&conn.hcm),
+        entry,
+        start: state.start,
+        request: progress,
+        upstream_response: state.upstream_response,
+    };
+    resp.map(|b| super::log::log_on_completion(b, pending))
 }
 
 /// Envoy's `getLastAddressFromXFF`: the address `skip` entries from the
@@ -265,7 +348,7 @@ fn strip_port(host: &str, local_port: u16, any: bool) -> &str {
 async fn route_and_forward(
     conn: &Arc<ConnInfo>,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: Body,
     state: &mut RequestState,
 ) -> Result<Response<Body>, Response<Body>> {
     let hcm = &conn.hcm;
@@ -317,6 +400,7 @@ async fn route_and_forward(
             Some(t) => Arc::clone(t),
             None => {
                 state.flags.set(Flag::NoRouteFound);
+                state.detail("route_not_found");
                 return Err(local_reply::reply(StatusCode::NOT_FOUND, "", grpc));
             }
         },
@@ -337,8 +421,12 @@ async fn route_and_forward(
     };
     let Some(selected) = table.find(&view, rand::random()) else {
         state.flags.set(Flag::NoRouteFound);
+        state.detail("route_not_found");
         return Err(local_reply::reply(StatusCode::NOT_FOUND, "", grpc));
     };
+    if !selected.route.name.is_empty() {
+        state.route_name = Some(selected.route.name.clone());
+    }
 
     // Filters before the router, in chain order.
     let mut response_decorations: Option<HeaderMap> = None;
@@ -388,12 +476,14 @@ async fn route_and_forward(
                 match decision.abort {
                     Some(fault::Abort::Http(code)) => {
                         state.flags.set(Flag::FaultInjected);
+                        state.detail("fault_filter_abort");
                         let status =
                             StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                         return Err(local_reply::reply(status, "fault filter abort", grpc));
                     }
                     Some(fault::Abort::Grpc(code)) => {
                         state.flags.set(Flag::FaultInjected);
+                        state.detail("fault_filter_abort");
                         return Err(local_reply::grpc_reply(code, "fault filter abort"));
                     }
                     None => {}
@@ -424,6 +514,7 @@ async fn route_and_forward(
                 if config.check((rand::random(), rand::random())) == local_ratelimit::Verdict::Limit
                 {
                     state.flags.set(Flag::RateLimited);
+                    state.detail("local_rate_limited");
                     let mut resp = local_reply::reply(config.status, "local_rate_limited", grpc);
                     for (k, v) in &config.response_headers {
                         resp.headers_mut().append(k.clone(), v.clone());
@@ -454,6 +545,7 @@ async fn route_and_forward(
                     config.check(route_any, &input, &mut state.dynamic_metadata)
                 {
                     tracing::debug!(%details, "request denied by RBAC");
+                    state.detail(crate::rbac::response_detail(&details));
                     return Err(local_reply::reply(
                         StatusCode::FORBIDDEN,
                         "RBAC: access denied",
@@ -475,6 +567,7 @@ async fn route_and_forward(
                     .await
                 {
                     tracing::debug!(details = %d.details, "request denied by jwt_authn");
+                    state.detail(d.details.replace(' ', "_"));
                     let mut resp = local_reply::reply(d.status, &d.body, grpc);
                     if let Some(w) = d.www_authenticate
                         && let Ok(v) = HeaderValue::from_str(&w)
@@ -503,6 +596,7 @@ async fn route_and_forward(
                 None => Response::new(body::empty()),
             };
             *resp.status_mut() = *status;
+            state.detail("direct_response");
             resp
         }
         Action::Redirect(redirect) => {
@@ -520,6 +614,7 @@ async fn route_and_forward(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
+            state.detail("direct_response");
             resp
         }
         Action::Forward(forward) => {
@@ -537,6 +632,7 @@ async fn route_and_forward(
         }
         Action::NonForwarding => {
             state.flags.set(Flag::NoRouteFound);
+            state.detail("route_not_found");
             local_reply::reply(StatusCode::NOT_FOUND, "", grpc)
         }
     };

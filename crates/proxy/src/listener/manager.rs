@@ -116,6 +116,14 @@ impl ListenerManager {
             let name = config.name.clone();
             match running.get(&name) {
                 Some(r) if Arc::ptr_eq(&r.current.load().config, &config) => {}
+                Some(r) if r.current.load().config.proto == config.proto => {
+                    // Only its secrets changed (a certificate rotated): new
+                    // handshakes use the new ones, nothing drains, as with
+                    // Envoy's SDS updates.
+                    let drain = r.current.load().drain.clone();
+                    r.current.store(Arc::new(Generation { config, drain }));
+                    tracing::debug!(listener = %name, "listener secrets updated");
+                }
                 Some(r)
                     if r.current.load().config.address == config.address
                         && r.current.load().config.bind_to_port == config.bind_to_port =>
@@ -324,8 +332,7 @@ async fn handle_connection(
     let sni = inspection.server_name.clone();
     match &chain.tls {
         Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
-            let tls_stream = match acceptor.accept(stream).await {
+            let tls_stream = match accept_tls(stream, tls).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(listener = %config.name, %remote, error = %e, "TLS handshake failed");
@@ -419,17 +426,64 @@ async fn run_terminal<IO>(
                 requested_server_name: down.sni,
                 hcm: Arc::clone(hcm),
                 snapshot,
+                connection_id: crate::access_log::next_connection_id(),
             });
             serve_connection(io, info, drain).await;
         }
         Terminal::Tcp(tcp) => {
             let tcp = Arc::clone(tcp);
+            let entry = (!tcp.access_logs.is_empty()).then(|| {
+                let mut e = crate::access_log::Entry::connection(
+                    down.remote,
+                    down.local,
+                    std::time::SystemTime::now(),
+                );
+                e.peer = down.peer.clone();
+                e.requested_server_name = down.sni.clone();
+                e.connection_id = crate::access_log::next_connection_id();
+                e
+            });
             tokio::select! {
-                _ = tcp.serve(io, &snapshot, down.original) => {}
+                _ = tcp.serve(io, &snapshot, down.original, entry) => {}
                 // Raw TCP has no graceful close: on drain the connection is
                 // left to finish until the drain window ends.
                 _ = async { drain.signaled().await; std::future::pending::<()>().await } => {}
             }
         }
     }
+}
+
+/// The TLS handshake of a filter chain. A client whose ALPN offer shares
+/// nothing with the chain's list is served without ALPN, as Envoy
+/// (BoringSSL) does, where rustls alone would refuse the handshake: Istio
+/// sidecars offer `istio-peer-exchange`/`istio` to inbound chains that
+/// list `h2`/`http/1.1`.
+async fn accept_tls<S>(
+    stream: S,
+    config: &Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let offered: Vec<&[u8]> = start
+        .client_hello()
+        .alpn()
+        .map(|it| it.collect())
+        .unwrap_or_default();
+    let mismatch = !offered.is_empty()
+        && !config.alpn_protocols.is_empty()
+        && !config
+            .alpn_protocols
+            .iter()
+            .any(|p| offered.contains(&p.as_slice()));
+    let config = if mismatch {
+        let mut c = (**config).clone();
+        c.alpn_protocols.clear();
+        Arc::new(c)
+    } else {
+        Arc::clone(config)
+    };
+    start.into_stream(config).await
 }

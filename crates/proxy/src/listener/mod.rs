@@ -153,10 +153,14 @@ impl ListenerConfig {
             tls_inspector,
             http_inspector,
             original_dst_filter,
-            inspect_timeout: duration_or(
+            // Envoy: 0 disables the timeout (Istio sets it so).
+            inspect_timeout: match duration_or(
                 proto.listener_filters_timeout.as_ref(),
                 Duration::from_secs(15),
-            ),
+            ) {
+                d if d.is_zero() => Duration::from_secs(365 * 24 * 3600),
+                d => d,
+            },
             chains,
             matchers,
             default_chain,
