@@ -61,8 +61,27 @@ pub(crate) fn start(
         BootstrapProtocol::StateOfTheWorld => AdsProtocol::StateOfTheWorld,
         BootstrapProtocol::Delta => AdsProtocol::Delta,
     };
-    let config = AdsClientConfig::from_uri(&target.uri, node, protocol)
+    let mut config = AdsClientConfig::from_uri(&target.uri, node, protocol)
         .map_err(|e| anyhow::anyhow!("ADS server '{}': {e}", target.uri))?;
+    // The ADS cluster's transport socket, built like any cluster's (with the
+    // agent's workload certificate when it names SDS secrets).
+    config.tls = target.cluster.as_deref().and_then(|name| {
+        let snapshot = store.snapshot().load();
+        let tls = snapshot
+            .clusters
+            .get(name)?
+            .all_hosts
+            .first()?
+            .tls
+            .clone()?;
+        Some(xds::client::TlsSettings {
+            config: Arc::clone(&tls.config),
+            server_name: tls.server_name.clone(),
+        })
+    });
+    if config.tls.is_some() {
+        tracing::info!(uri = %target.uri, "ADS over TLS");
+    }
     let (handle, _task) = xds::client::spawn(config, Arc::new(StoreSink(Arc::clone(&store))));
     let interest = handle.clone();
     store.set_interest_fn(Box::new(move |type_url: &str, names: BTreeSet<String>| {

@@ -45,7 +45,13 @@ pub struct Identity {
     /// Where the agent serves SDS to a stock Envoy (the `sds-grpc` cluster
     /// Istio's xDS points secrets at).
     pub sds_socket: Option<PathBuf>,
+    /// `host:port` of the control plane's TLS endpoint (Istio's 15012):
+    /// when set, ADS goes there over mTLS with the workload certificate.
+    pub secure_xds_address: Option<String>,
 }
+
+/// The name the control plane's serving certificate carries (Istio's).
+const CONTROL_PLANE_SAN: &str = "istiod.istio-system.svc";
 
 impl Identity {
     /// Istio's node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
@@ -89,15 +95,44 @@ impl Identity {
         Value::Object(m)
     }
 
+    /// The ADS cluster's transport socket when ADS runs over mTLS: the
+    /// workload certificate and the mesh roots over SDS, the control plane's
+    /// name checked, HTTP/2 by ALPN.
+    fn xds_transport_socket() -> Value {
+        let sds = |name: &str| {
+            json!({"name": name, "sds_config": {"api_config_source": {
+                "api_type": "GRPC", "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]},
+                "resource_api_version": "V3"}})
+        };
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": CONTROL_PLANE_SAN,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [sds("default")],
+                "combined_validation_context": {
+                    "default_validation_context": {"match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": CONTROL_PLANE_SAN}}]},
+                    "validation_context_sds_secret_config": sds("ROOTCA"),
+                },
+            },
+        }})
+    }
+
     /// The bootstrap as Envoy JSON (the form a stock Envoy reads).
     pub fn bootstrap_json(&self) -> Result<Value, String> {
-        let (host, port) = split_host_port(&self.xds_address)?;
+        let address = self
+            .secure_xds_address
+            .as_deref()
+            .unwrap_or(&self.xds_address);
+        let (host, port) = split_host_port(address)?;
         let cluster = self
             .labels
             .get("app")
             .cloned()
             .unwrap_or_else(|| self.name.clone());
-        Ok(json!({
+        let mut b = json!({
             "node": {
                 "id": self.node_id(),
                 "cluster": format!("{cluster}.{}", self.namespace),
@@ -126,7 +161,14 @@ impl Identity {
                 "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
                     "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
             }]},
-        }))
+        });
+        if self.secure_xds_address.is_some()
+            && let Some(cluster) = b.pointer_mut("/static_resources/clusters/0")
+            && let Some(obj) = cluster.as_object_mut()
+        {
+            obj.insert("transport_socket".into(), Self::xds_transport_socket());
+        }
+        Ok(b)
     }
 
     /// The bootstrap for a stock Envoy: as [`Self::bootstrap_json`] plus the

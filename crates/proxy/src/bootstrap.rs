@@ -23,6 +23,9 @@ pub struct AdsTarget {
     pub protocol: AdsProtocol,
     /// `http://host:port` of the management server.
     pub uri: String,
+    /// The static cluster named by `envoy_grpc` (its transport socket says
+    /// whether ADS runs over TLS).
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,10 @@ pub fn ads_target(b: &Bootstrap) -> Result<Option<AdsTarget>, BootstrapError> {
             "one gRPC service is required",
         )
     })?;
+    let cluster = match &service.target_specifier {
+        Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) => Some(g.cluster_name.clone()),
+        _ => None,
+    };
     let uri = match &service.target_specifier {
         Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) => {
             let cluster = b
@@ -135,5 +142,9 @@ pub fn ads_target(b: &Bootstrap) -> Result<Option<AdsTarget>, BootstrapError> {
             ));
         }
     };
-    Ok(Some(AdsTarget { protocol, uri }))
+    Ok(Some(AdsTarget {
+        protocol,
+        uri,
+        cluster,
+    }))
 }

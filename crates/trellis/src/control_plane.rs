@@ -31,6 +31,9 @@ pub(crate) struct ControlPlaneArgs {
     /// TLS address of the CA and of xDS (Istio's 15012); "off" disables it.
     #[arg(long = "secure-address", default_value = "127.0.0.1:15012")]
     pub(crate) secure_address: String,
+    /// Serve xDS only over TLS (15012): do not open the plaintext address.
+    #[arg(long = "no-plaintext-xds")]
+    pub(crate) no_plaintext_xds: bool,
 }
 
 /// The control plane's tasks and the CA, once started.
@@ -74,18 +77,22 @@ pub(crate) async fn start(
             }
         }
     });
-    // Bind now so that a busy port is an error at startup.
-    let xds_listener = tokio::net::TcpListener::bind(args.xds_address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind xDS address {}: {e}", args.xds_address))?;
-    let cache = Arc::clone(cp.cache());
-    tokio::spawn(async move {
-        if let Err(e) =
-            xds::server::serve_listener(xds_listener, cache, std::future::pending()).await
-        {
-            tracing::error!(error = %e, "xDS server stopped");
-        }
-    });
+    if args.no_plaintext_xds {
+        tracing::info!("plaintext xDS disabled; proxies use the TLS endpoint");
+    } else {
+        // Bind now so that a busy port is an error at startup.
+        let xds_listener = tokio::net::TcpListener::bind(args.xds_address)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind xDS address {}: {e}", args.xds_address))?;
+        let cache = Arc::clone(cp.cache());
+        tokio::spawn(async move {
+            if let Err(e) =
+                xds::server::serve_listener(xds_listener, cache, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "xDS server stopped");
+            }
+        });
+    }
     let debug_cp = Arc::clone(&cp);
     let debug_addr = args.debug_address;
     let debug_listener = tokio::net::TcpListener::bind(debug_addr)

@@ -250,6 +250,8 @@ fn agent_identity(args: &ProxyArgs) -> anyhow::Result<proxy::agent::Identity> {
         admin_port: args.admin_port,
         local,
         sds_socket: None,
+        // With a CA, ADS goes over mTLS to the same endpoint (Istio's 15012).
+        secure_xds_address: args.ca_address.clone(),
     })
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct UpArgs {
     /// show rotation at work.
     #[arg(long = "cert-ttl-s", default_value_t = 0)]
     pub(crate) cert_ttl_s: u64,
+    /// Serve xDS only over mTLS on the secure address (no plaintext 15010).
+    #[arg(long = "no-plaintext-xds")]
+    pub(crate) no_plaintext_xds: bool,
 }
 
 /// Extra argv and environment for one proxy.
@@ -243,6 +246,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         mesh_config: args.mesh_config.clone(),
         ca_dir: args.ca_dir.clone(),
         secure_address: args.secure_address.clone(),
+        no_plaintext_xds: args.no_plaintext_xds,
     };
     let started = control_plane::start(&cp_args, workloads.clone()).await?;
     let cp = started.cp;

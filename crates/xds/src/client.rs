@@ -80,6 +80,8 @@ pub struct AdsClientConfig {
     pub endpoint: Endpoint,
     pub node: Node,
     pub protocol: AdsProtocol,
+    /// TLS to the management server (Istio's 15012), when set.
+    pub tls: Option<TlsSettings>,
     /// First reconnect delay; doubles per failed attempt up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -91,6 +93,7 @@ impl AdsClientConfig {
             endpoint,
             node,
             protocol,
+            tls: None,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
         }
@@ -193,9 +196,48 @@ pub fn spawn(config: AdsClientConfig, sink: Arc<dyn ResourceSink>) -> (AdsHandle
     (handle, task)
 }
 
-/// Opens the gRPC channel. The one place that will learn mTLS.
-async fn connect(endpoint: &Endpoint) -> Result<Channel, tonic::transport::Error> {
-    endpoint.connect().await
+/// TLS to the management server: the client configuration (trust, and a
+/// client certificate for mTLS) and the name to verify and send as SNI.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the gRPC channel: h2c, or TLS done here with the caller's rustls
+/// configuration (so it uses the mesh's roots and the workload certificate).
+async fn connect(
+    endpoint: &Endpoint,
+    tls: Option<&TlsSettings>,
+) -> Result<Channel, tonic::transport::Error> {
+    let Some(tls) = tls else {
+        return endpoint.connect().await;
+    };
+    let authority = endpoint
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+    let name = tls.server_name.clone();
+    let service = tower::service_fn(move |_: http::Uri| {
+        let (authority, connector, name) = (authority.clone(), connector.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint.connect_with_connector(service).await
 }
 
 #[derive(Default)]
@@ -378,7 +420,7 @@ impl Client {
         // handlers borrow `self`.
         let mut interest = self.interest.clone();
         let mut stop = self.stop.clone();
-        let channel = match connect(&self.config.endpoint).await {
+        let channel = match connect(&self.config.endpoint, self.config.tls.as_ref()).await {
             Ok(c) => c,
             Err(e) => return lost(format!("connect: {e}"), false),
         };
@@ -468,7 +510,7 @@ impl Client {
         // handlers borrow `self`.
         let mut interest = self.interest.clone();
         let mut stop = self.stop.clone();
-        let channel = match connect(&self.config.endpoint).await {
+        let channel = match connect(&self.config.endpoint, self.config.tls.as_ref()).await {
             Ok(c) => c,
             Err(e) => return lost(format!("connect: {e}"), false),
         };
