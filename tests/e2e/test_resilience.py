@@ -281,8 +281,6 @@ def test_per_try_timeout_retries_then_504(e2e):
     assert got == (504, TIMEOUT_BODY, 2, 2)
 
 
-@pytest.mark.trellis_xfail(reason="admin /stats has no cluster.<name>.upstream_rq_retry: the router counts "
-                           "retries in ClusterStats.upstream_rq_retry but admin.rs stat_values does not export it")
 def test_retry_stats(e2e):
     """cluster.<name>.upstream_rq_retry counts retries: 2 for an always-503 upstream with
     num_retries 2 (upstream_rq_total 3)."""
@@ -361,8 +359,6 @@ def test_outlier_detection_ejects_the_failing_endpoint(e2e):
         assert bad_hits == 3, (label, bad_hits)
 
 
-@pytest.mark.trellis_xfail(reason="admin /stats has no cluster.<name>.outlier_detection.* stats: "
-                           "Cluster::outlier_stats() exists but admin.rs stat_values does not export it")
 def test_outlier_detection_stats(e2e):
     """After one consecutive-5xx ejection: outlier_detection.ejections_active 1,
     ejections_enforced_total 1, ejections_enforced_consecutive_5xx 1."""
@@ -533,9 +529,6 @@ def test_upstream_killed_mid_response(e2e):
     assert got == ("HTTP/1.1 200 OK", True, True, "fresh/v1")
 
 
-@pytest.mark.trellis_xfail(reason="an upstream connection closed mid-body (content-length not reached) is "
-                           "logged with response flag UR (upstream remote reset); Envoy logs UPE "
-                           "(upstream protocol error: its HTTP/1 codec reports the premature end)")
 def test_upstream_killed_mid_response_flags(e2e):
     """The same fault in the access log: `200 UPE` for the truncated response, then `200 -`."""
     got = same_everywhere({label: log for label, (_, log) in killed_mid_response(e2e).items()})

@@ -104,7 +104,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             resp
         }
         "/stats" => text(StatusCode::OK, stats_text(state)),
-        "/stats/prometheus" => text(StatusCode::OK, stats_prometheus(state)),
+        "/stats/prometheus" => {
+            let mut r = text(StatusCode::OK, stats_prometheus(state));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         "/clusters" => text(StatusCode::OK, clusters_text(state)),
         "/listeners" => {
             let mut out = String::new();
@@ -288,7 +295,17 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
             format!("cluster.{n}.membership_healthy"),
             c.all_hosts.iter().filter(|h| h.is_healthy()).count() as u64,
         ));
+        out.push((
+            format!("cluster.{n}.upstream_rq_retry"),
+            load(&s.upstream_rq_retry),
+        ));
         breaker_stats(&mut out, n, &c.spec.breakers);
+        for (stat, value) in c.outlier_stats() {
+            out.push((format!("cluster.{n}.outlier_detection.{stat}"), value));
+        }
+        for (stat, value) in c.health_check_stats() {
+            out.push((format!("cluster.{n}.health_check.{stat}"), value));
+        }
     }
     for (cfg, stats) in state.store.listener_manager().active() {
         let n = &cfg.address;
@@ -348,32 +365,88 @@ fn stats_text(state: &AdminState) -> String {
     out
 }
 
-/// Envoy's Prometheus rendering: the cluster or listener becomes a label.
+/// The Prometheus exposition (text format 0.0.4): Istio's standard metrics
+/// (see [`crate::metrics`]) and the Envoy stats under Envoy's Prometheus
+/// names. Istio scrapes this on a sidecar's 15090; in local mode (`trellis
+/// up`) each proxy's admin port is the scrape endpoint.
 fn stats_prometheus(state: &AdminState) -> String {
     let mut out = String::new();
-    for (name, value) in stat_values(state) {
-        let (metric, label) = if let Some(rest) = name.strip_prefix("cluster.") {
-            match rest.rsplit_once('.') {
-                Some((cluster, stat)) => (
-                    format!("envoy_cluster_{stat}"),
-                    format!("{{envoy_cluster_name=\"{cluster}\"}}"),
-                ),
-                None => continue,
-            }
-        } else if let Some(rest) = name.strip_prefix("listener.") {
-            match rest.rsplit_once('.') {
-                Some((addr, stat)) => (
-                    format!("envoy_listener_{stat}"),
-                    format!("{{envoy_listener_address=\"{addr}\"}}"),
-                ),
-                None => continue,
-            }
-        } else {
-            (format!("envoy_{}", name.replace('.', "_")), String::new())
-        };
-        let _ = writeln!(out, "{metric}{label} {value}");
+    crate::metrics::global().render(&mut out);
+    let mut lines: Vec<(String, String, u64)> = stat_values(state)
+        .into_iter()
+        .map(|(name, value)| {
+            let (metric, labels) = prometheus_name(&name);
+            (metric, labels, value)
+        })
+        .collect();
+    // A family's samples must be contiguous, under one TYPE line.
+    lines.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last = "";
+    for (metric, labels, value) in &lines {
+        if metric != last {
+            let kind = if is_gauge(metric) { "gauge" } else { "counter" };
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            last = metric;
+        }
+        let _ = writeln!(out, "{metric}{labels} {value}");
     }
     out
+}
+
+/// Envoy's tag extraction for the simple cases: `cluster.<name>.<stat>` →
+/// `envoy_cluster_<stat>{envoy_cluster_name="<name>"}` (circuit breaker
+/// stats included), `listener.<address>.<stat>` and
+/// `http.<prefix>.rbac.<stat>` likewise; anything else is `envoy_` plus the
+/// name with non-word characters as `_`.
+pub(crate) fn prometheus_name(name: &str) -> (String, String) {
+    let label = |k: &str, v: &str| format!("{{{k}=\"{}\"}}", crate::metrics::escape_label(v));
+    if let Some(rest) = name.strip_prefix("cluster.") {
+        let split = rest
+            .find(".circuit_breakers.")
+            .map(|i| (&rest[..i], &rest[i + 1..]))
+            .or_else(|| rest.rsplit_once('.'));
+        if let Some((cluster, stat)) = split {
+            return (
+                format!("envoy_cluster_{}", sanitize(stat)),
+                label("envoy_cluster_name", cluster),
+            );
+        }
+    } else if let Some(rest) = name.strip_prefix("listener.") {
+        if let Some((addr, stat)) = rest.rsplit_once('.') {
+            return (
+                format!("envoy_listener_{}", sanitize(stat)),
+                label("envoy_listener_address", addr),
+            );
+        }
+    } else if let Some(rest) = name.strip_prefix("http.")
+        && let Some((prefix, stat)) = rest.split_once(".rbac.")
+    {
+        return (
+            format!("envoy_http_rbac_{}", sanitize(stat)),
+            label("envoy_http_conn_manager_prefix", prefix),
+        );
+    }
+    (format!("envoy_{}", sanitize(name)), String::new())
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn is_gauge(metric: &str) -> bool {
+    metric.ends_with("_active")
+        || metric.ends_with("_open")
+        || metric.starts_with("envoy_cluster_membership_")
+        || metric == "envoy_server_live"
+        || metric == "envoy_server_uptime"
 }
 
 fn clusters_text(state: &AdminState) -> String {

@@ -60,6 +60,9 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
         }
         node.user_agent_name = "trellis".into();
     }
+    crate::metrics::global().set_workload(crate::metrics::Workload::from_node(
+        bootstrap.node.as_ref().unwrap_or(&Default::default()),
+    ));
     let admin_addr = bootstrap::admin_address(&bootstrap)?;
     let ads = bootstrap::ads_target(&bootstrap)?;
 

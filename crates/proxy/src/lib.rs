@@ -24,6 +24,7 @@ pub mod listener;
 mod local_address;
 pub mod matcher;
 mod memory;
+pub mod metrics;
 pub mod rbac;
 pub mod snapshot;
 pub mod store;

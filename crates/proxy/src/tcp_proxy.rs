@@ -126,11 +126,26 @@ impl TcpProxy {
     {
         let start = std::time::Instant::now();
         let mut entry = entry;
-        self.proxy(downstream, snapshot, original_dst, entry.as_mut())
+        let name = self.pick_cluster();
+        let metrics = crate::metrics::global();
+        let peer = entry.as_ref().and_then(|e| e.peer.clone());
+        let principal = peer.as_deref().map(|p| p.principal());
+        metrics.tcp_opened(&self.stat_prefix, name, principal);
+        self.proxy(downstream, snapshot, original_dst, name, entry.as_mut())
             .await;
         if let Some(mut e) = entry {
             e.duration = Some(start.elapsed());
-            crate::access_log::log_all(&self.access_logs, &e);
+            metrics.tcp_closed(
+                &self.stat_prefix,
+                name,
+                principal,
+                e.flags,
+                e.bytes_received,
+                e.bytes_sent,
+            );
+            if !self.access_logs.is_empty() {
+                crate::access_log::log_all(&self.access_logs, &e);
+            }
         }
     }
 
@@ -139,11 +154,11 @@ impl TcpProxy {
         mut downstream: IO,
         snapshot: &SharedSnapshot,
         original_dst: Option<std::net::SocketAddr>,
+        name: &str,
         mut entry: Option<&mut Entry>,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let name = self.pick_cluster();
         let cluster = snapshot.load().clusters.get(name).cloned();
         if let Some(e) = entry.as_deref_mut() {
             e.upstream_cluster = Some(name.to_string());

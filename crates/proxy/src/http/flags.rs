@@ -120,7 +120,7 @@ impl Flag {
 
 /// The flags set on a stream, printed in the order they were set (Envoy
 /// keeps them in a list: a retried connect failure prints `URX,UF`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32, [u8; 8], u8);
 
 impl ResponseFlags {

@@ -112,6 +112,18 @@ pub(crate) struct Pending {
     pub(crate) request: Arc<RequestProgress>,
     /// When the upstream's response headers arrived.
     pub(crate) upstream_response: Option<Instant>,
+    /// A gRPC request (Istio's `request_protocol="grpc"`).
+    pub(crate) grpc: bool,
+    /// `grpc-status` of a trailers-only response.
+    pub(crate) grpc_status: Option<u16>,
+}
+
+/// The `grpc-status` header, if any.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Pending {
@@ -124,6 +136,7 @@ impl Pending {
         e.request_duration = self.request.ended();
         e.response_duration = self.upstream_response.map(|t| t - self.start);
         e.response_tx_duration = self.upstream_response.map(|t| now - t);
+        let trailers_status = |t: Option<&http::HeaderMap>| t.and_then(grpc_status);
         if trailers.is_some() {
             e.response_trailers = trailers;
         }
@@ -131,7 +144,11 @@ impl Pending {
         if !complete && e.method.as_deref() != Some("HEAD") {
             e.flags.set(Flag::DownstreamConnectionTermination);
         }
-        log_all(&self.hcm.access_logs, e);
+        let grpc_status = trailers_status(e.response_trailers.as_ref()).or(self.grpc_status);
+        crate::metrics::global().record_entry(&self.hcm.stat_prefix, e, self.grpc, grpc_status);
+        if !self.hcm.access_logs.is_empty() {
+            log_all(&self.hcm.access_logs, e);
+        }
     }
 }
 
@@ -189,9 +206,16 @@ impl http_body::Body for Logged {
                     p.finish(*this.sent, this.trailers.take(), true);
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(mut p) = this.pending.take() {
-                    p.entry.flags.set(Flag::UpstreamRemoteReset);
+                    // A body cut short of its length is a protocol error to
+                    // Envoy's HTTP/1 codec (UPE); anything else a reset (UR).
+                    let incomplete = cut_short(e.as_ref());
+                    p.entry.flags.set(if incomplete {
+                        Flag::UpstreamProtocolError
+                    } else {
+                        Flag::UpstreamRemoteReset
+                    });
                     p.finish(*this.sent, this.trailers.take(), true);
                 }
             }
@@ -207,4 +231,23 @@ impl http_body::Body for Logged {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a body error is the upstream closing before the body's declared
+/// end (hyper reports an unexpected EOF under its body error).
+fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            || err
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }

@@ -91,12 +91,8 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
     let start_time = SystemTime::now();
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
-    let (body, progress) = if hcm.access_logs.is_empty() {
-        (body::incoming(body), None)
-    } else {
-        let (b, p) = super::log::count_request(body::incoming(body), state.start);
-        (b, Some(p))
-    };
+    // Counted even without access logs: the Istio metrics need the sizes.
+    let (body, progress) = super::log::count_request(body::incoming(body), state.start);
     state.downstream_remote = final_remote_address(&conn, &parts.headers);
     let request_id = prepare_request(&conn, &mut parts.headers);
     // The stream idles out while it waits for response headers: Envoy then
@@ -129,13 +125,12 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         upstream = state.upstream_host.as_deref().unwrap_or("-"),
         "request"
     );
-    match progress {
-        Some(p) => log_when_sent(&conn, &parts, resp, state, start_time, p),
-        None => resp,
-    }
+    log_when_sent(&conn, &parts, resp, state, start_time, progress)
 }
 
-/// Attaches the access log entry to the response body (logged when it ends).
+/// Attaches the access log entry to the response body (logged, and recorded
+/// in the Istio metrics, when it ends). Without access logs the entry only
+/// carries what the metrics read.
 fn log_when_sent(
     conn: &ConnInfo,
     parts: &http::request::Parts,
@@ -150,19 +145,24 @@ fn log_when_sent(
         SocketAddr::new(state.downstream_remote, 0)
     };
     let mut entry = crate::access_log::Entry::connection(downstream_remote, conn.local, start_time);
+    let full = !conn.hcm.access_logs.is_empty();
     entry.downstream_direct_remote = conn.remote;
-    entry.request_headers = Some(parts.headers.clone());
+    if full {
+        entry.request_headers = Some(parts.headers.clone());
+        entry.path = Some(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        );
+        entry.response_headers = Some(resp.headers().clone());
+    }
+    // HEAD is checked when the body ends; the authority names the inbound
+    // destination service.
     entry.method = Some(parts.method.to_string());
-    entry.path = Some(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-    );
     entry.authority = authority_of(parts);
     entry.scheme = Some(if conn.tls { "https" } else { "http" });
-    entry.response_headers = Some(resp.headers().clone());
     entry.protocol = Some(router::protocol_name(parts.version));
     entry.response_code = Some(resp.status().as_u16());
     entry.response_code_details = state.details;
@@ -182,6 +182,8 @@ fn log_when_sent(
         start: state.start,
         request: progress,
         upstream_response: state.upstream_response,
+        grpc: state.grpc,
+        grpc_status: super::log::grpc_status(resp.headers()),
     };
     resp.map(|b| super::log::log_on_completion(b, pending))
 }

@@ -432,7 +432,8 @@ async fn run_terminal<IO>(
         }
         Terminal::Tcp(tcp) => {
             let tcp = Arc::clone(tcp);
-            let entry = (!tcp.access_logs.is_empty()).then(|| {
+            // Always built: the Istio TCP metrics read it too.
+            let entry = {
                 let mut e = crate::access_log::Entry::connection(
                     down.remote,
                     down.local,
@@ -441,8 +442,8 @@ async fn run_terminal<IO>(
                 e.peer = down.peer.clone();
                 e.requested_server_name = down.sni.clone();
                 e.connection_id = crate::access_log::next_connection_id();
-                e
-            });
+                Some(e)
+            };
             tokio::select! {
                 _ = tcp.serve(io, &snapshot, down.original, entry) => {}
                 // Raw TCP has no graceful close: on drain the connection is
