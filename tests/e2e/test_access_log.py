@@ -154,12 +154,11 @@ def test_istio_format(e2e):
     assert " direct_response " in lines[6]
 
 
-@pytest.mark.trellis_xfail(reason="UPSTREAM_LOCAL_ADDRESS of HTTP upstream connections: the "
-                                  "connection pool does not report the local address; trellis logs '-'")
 def test_istio_format_upstream_local_address(e2e):
     a, = e2e.upstreams("a")
     dead = free_port("127.0.0.1")
-    res = collect(e2e, lambda p: http_bootstrap(a, [istio_log(p)], dead), [Req("/ok/x")])
+    res = collect(e2e, lambda p: http_bootstrap(a, [istio_log(p)], dead),
+                  [Req("/ok/x", headers=[("x-request-id", "req-ula")])])
     compare(e2e, res, istio_norm)
 
 

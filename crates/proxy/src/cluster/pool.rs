@@ -4,6 +4,7 @@
 //! A pool belongs to a host, and a host outlives cluster updates that keep it,
 //! so connections survive EDS and CDS changes that do not remove the endpoint.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -51,7 +52,7 @@ pub enum UpstreamError {
 pub struct HostPool {
     target: Target,
     idle_h1: Mutex<Vec<IdleH1>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h2: tokio::sync::Mutex<Option<(http2::SendRequest<Body>, Option<SocketAddr>)>>,
     /// Woken when an HTTP/1.1 connection comes back idle, for requests
     /// pending on a connection.
     idle_returned: Notify,
@@ -60,10 +61,23 @@ pub struct HostPool {
 /// An idle HTTP/1.1 connection and what limits its reuse.
 struct IdleH1 {
     sender: http1::SendRequest<Body>,
-    /// Requests this connection has carried.
-    served: u32,
+    meta: ConnMeta,
     since: Instant,
 }
+
+/// What a pooled HTTP/1.1 connection carries along.
+#[derive(Debug, Clone, Copy)]
+struct ConnMeta {
+    /// Requests this connection has carried.
+    served: u32,
+    /// Its local address (Envoy's `UPSTREAM_LOCAL_ADDRESS`).
+    local: Option<SocketAddr>,
+}
+
+/// The local address of the upstream connection that carried a response,
+/// in the response's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLocal(pub SocketAddr);
 
 /// Per-cluster settings for one request through a host's pool.
 #[derive(Debug, Clone, Copy)]
@@ -105,10 +119,11 @@ impl HostPool {
         &self,
         timeout: Duration,
         tls: Option<&UpstreamTls>,
-    ) -> Result<UpstreamIo, UpstreamError> {
+    ) -> Result<(UpstreamIo, Option<SocketAddr>), UpstreamError> {
         let tcp = self.connect_tcp(timeout).await?;
+        let local = tcp.local_addr().ok();
         let Some(tls) = tls else {
-            return Ok(UpstreamIo::Plain(tcp));
+            return Ok((UpstreamIo::Plain(tcp), local));
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
         // Envoy's connect timeout covers the TLS handshake too.
@@ -116,7 +131,7 @@ impl HostPool {
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
-        Ok(UpstreamIo::Tls(Box::new(stream)))
+        Ok((UpstreamIo::Tls(Box::new(stream)), local))
     }
 
     async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, UpstreamError> {
@@ -152,12 +167,12 @@ impl HostPool {
     fn take_idle_h1(
         &self,
         idle_timeout: Option<Duration>,
-    ) -> Option<(http1::SendRequest<Body>, u32)> {
+    ) -> Option<(http1::SendRequest<Body>, ConnMeta)> {
         let mut idle = self.idle_h1.lock().ok()?;
         while let Some(c) = idle.pop() {
             let expired = idle_timeout.is_some_and(|t| c.since.elapsed() >= t);
             if !expired && c.sender.is_ready() {
-                return Some((c.sender, c.served));
+                return Some((c.sender, c.meta));
             }
         }
         None
@@ -166,7 +181,7 @@ impl HostPool {
     fn return_h1(
         &self,
         sender: http1::SendRequest<Body>,
-        served: u32,
+        meta: ConnMeta,
         idle_timeout: Option<Duration>,
     ) {
         if let Ok(mut idle) = self.idle_h1.lock() {
@@ -177,7 +192,7 @@ impl HostPool {
             if idle.len() < MAX_IDLE_H1 {
                 idle.push(IdleH1 {
                     sender,
-                    served,
+                    meta,
                     since: Instant::now(),
                 });
             }
@@ -191,7 +206,7 @@ impl HostPool {
     async fn h1_connection(
         &self,
         opts: &SendOptions<'_>,
-    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+    ) -> Result<(http1::SendRequest<Body>, ConnMeta), UpstreamError> {
         if let Some(c) = self.take_idle_h1(opts.idle_timeout) {
             return Ok(c);
         }
@@ -210,7 +225,7 @@ impl HostPool {
                 return Ok(c);
             }
             if let Some(permit) = opts.resources.try_connection() {
-                let stream = self.connect(opts.connect_timeout, opts.tls).await?;
+                let (stream, local) = self.connect(opts.connect_timeout, opts.tls).await?;
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
                     .await
@@ -222,7 +237,7 @@ impl HostPool {
                     // The connection breaker counts open connections.
                     drop(permit);
                 });
-                return Ok((sender, 0));
+                return Ok((sender, ConnMeta { served: 0, local }));
             }
             tokio::select! {
                 _ = idle => {}
@@ -236,15 +251,22 @@ impl HostPool {
         req: Request<Body>,
         opts: SendOptions<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let (mut sender, served) = self.h1_connection(&opts).await?;
+        let (mut sender, meta) = self.h1_connection(&opts).await?;
         // Envoy checks max_requests when a request is given its connection,
         // so a request that waited as pending may still overflow here.
         let Some(permit) = opts.resources.try_request() else {
-            self.return_h1(sender, served, opts.idle_timeout);
+            self.return_h1(sender, meta, opts.idle_timeout);
             return Err(UpstreamError::Overflow);
         };
-        let resp = sender.send_request(req).await.map_err(reset_error)?;
-        let served = served.saturating_add(1);
+        let mut resp = sender.send_request(req).await.map_err(reset_error)?;
+        if let Some(local) = meta.local {
+            resp.extensions_mut().insert(UpstreamLocal(local));
+        }
+        let meta = ConnMeta {
+            served: meta.served.saturating_add(1),
+            ..meta
+        };
+        let served = meta.served;
         // A connection that reached max_requests_per_connection is closed
         // (dropped) instead of returned to the pool.
         let reusable =
@@ -255,7 +277,7 @@ impl HostPool {
                 inner: body,
                 _permit: permit,
                 sender: reusable.then_some(sender),
-                served,
+                meta,
                 idle_timeout: opts.idle_timeout,
                 pool,
             }
@@ -268,10 +290,10 @@ impl HostPool {
         req: Request<Body>,
         opts: SendOptions<'_>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let mut sender = {
+        let (mut sender, local) = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
+                Some((s, local)) if !s.is_closed() => (s.clone(), *local),
                 _ => {
                     let permit = match opts.resources.try_connection() {
                         Some(p) => p,
@@ -292,7 +314,7 @@ impl HostPool {
                             }
                         }
                     };
-                    let stream = self.connect(opts.connect_timeout, opts.tls).await?;
+                    let (stream, local) = self.connect(opts.connect_timeout, opts.tls).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .handshake(TokioIo::new(stream))
                         .await
@@ -303,8 +325,8 @@ impl HostPool {
                         }
                         drop(permit);
                     });
-                    *slot = Some(sender.clone());
-                    sender
+                    *slot = Some((sender.clone(), local));
+                    (sender, local)
                 }
             }
         };
@@ -313,7 +335,10 @@ impl HostPool {
             .resources
             .try_request()
             .ok_or(UpstreamError::Overflow)?;
-        let resp = sender.send_request(req).await.map_err(reset_error)?;
+        let mut resp = sender.send_request(req).await.map_err(reset_error)?;
+        if let Some(local) = local {
+            resp.extensions_mut().insert(UpstreamLocal(local));
+        }
         Ok(resp.map(|b| crate::body::guarded(crate::body::incoming(b), permit)))
     }
 }
@@ -329,7 +354,7 @@ struct PooledBody {
     /// The max_requests breaker counts the request until its response ends.
     _permit: Permit,
     sender: Option<http1::SendRequest<Body>>,
-    served: u32,
+    meta: ConnMeta,
     idle_timeout: Option<Duration>,
     pool: Weak<HostPool>,
 }
@@ -340,10 +365,10 @@ impl PooledBody {
             // The connection becomes ready only after its task has seen the
             // end of the message, which happens after we saw it; wait for that
             // off the request path.
-            let (served, idle_timeout) = (self.served, self.idle_timeout);
+            let (meta, idle_timeout) = (self.meta, self.idle_timeout);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    pool.return_h1(sender, served, idle_timeout);
+                    pool.return_h1(sender, meta, idle_timeout);
                 }
             });
         }

@@ -654,6 +654,10 @@ pub(super) async fn forward(
                     state.flags.set(Flag::UpstreamRetryLimitExceeded);
                 }
                 state.upstream_response = Some(Instant::now());
+                state.upstream_local = resp
+                    .extensions()
+                    .get::<crate::cluster::pool::UpstreamLocal>()
+                    .map(|l| l.0);
                 state.detail("via_upstream");
                 // Breaker and least-request counts last until the body ends.
                 break resp.map(|b| body::guarded(b, (active, attempt_retry_permit)));

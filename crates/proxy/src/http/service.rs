@@ -64,6 +64,8 @@ pub struct RequestState {
     pub transport_failure: Option<String>,
     /// When the upstream's response headers arrived.
     pub upstream_response: Option<Instant>,
+    /// Local address of the upstream connection that answered.
+    pub upstream_local: Option<SocketAddr>,
     pub attempts: u32,
 }
 
@@ -86,6 +88,7 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         route_name: None,
         transport_failure: None,
         upstream_response: None,
+        upstream_local: None,
         attempts: 0,
     };
     let start_time = SystemTime::now();
@@ -168,6 +171,7 @@ fn log_when_sent(
     entry.response_code_details = state.details;
     entry.flags = state.flags;
     entry.upstream_host = state.upstream_host;
+    entry.upstream_local = state.upstream_local;
     entry.upstream_cluster = state.cluster;
     entry.upstream_transport_failure_reason = state.transport_failure;
     entry.attempt_count = state.attempts;
