@@ -140,9 +140,28 @@ impl ControlPlane {
     /// True once every node in `node_ids` has ACKed listeners and clusters.
     pub fn all_synced(&self, node_ids: &[String]) -> bool {
         node_ids.iter().all(|id| {
+            let snapshot = self.cache.snapshot_for(id);
             self.cache.node_status(id).is_some_and(|s| {
                 let acked = |t: &str| s.types.get(t).is_some_and(|t| !t.acked_version.is_empty());
-                s.connected && acked(xds::type_url::LISTENER) && acked(xds::type_url::CLUSTER)
+                // Routes and endpoints are asked for only after listeners
+                // and clusters arrive: a node is synced when it has ACKed
+                // the version it should hold of each of them too.
+                let holds = |t: &str| {
+                    snapshot
+                        .as_deref()
+                        .and_then(|snap| snap.get(t))
+                        .filter(|ts| !ts.resources.is_empty())
+                        .is_none_or(|ts| {
+                            s.types
+                                .get(t)
+                                .is_some_and(|st| st.acked_version == ts.version)
+                        })
+                };
+                s.connected
+                    && acked(xds::type_url::LISTENER)
+                    && acked(xds::type_url::CLUSTER)
+                    && holds(xds::type_url::ROUTE)
+                    && holds(xds::type_url::ENDPOINT)
             })
         })
     }
