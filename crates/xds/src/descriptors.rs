@@ -30,7 +30,14 @@ pub fn pool() -> DescriptorPool {
         // The bytes are part of the binary and verified by the crate's tests, so a
         // failure here is a build defect, not an input error.
         #[allow(clippy::expect_used)]
-        DescriptorPool::decode(ENCODED).expect("descriptors/envoy.bin is a valid FileDescriptorSet")
+        let mut pool = DescriptorPool::decode(ENCODED)
+            .expect("descriptors/envoy.bin is a valid FileDescriptorSet");
+        // TypedStruct is not among envoy-types' protos; its two-field
+        // descriptor is built in code and checked by this crate's tests.
+        #[allow(clippy::expect_used)]
+        pool.add_file_descriptor_protos(crate::typed_struct::file_descriptors())
+            .expect("the TypedStruct descriptors are valid");
+        pool
     })
     .clone()
 }
@@ -82,6 +89,8 @@ mod tests {
             "envoy.service.discovery.v3.DiscoveryRequest",
             "envoy.service.discovery.v3.Resource",
             "google.protobuf.Duration",
+            "xds.type.v3.TypedStruct",
+            "udpa.type.v1.TypedStruct",
         ] {
             assert!(
                 message(name).is_some(),

@@ -18,6 +18,7 @@ pub mod server;
 pub mod snapshot;
 pub mod timestamp;
 pub mod type_url;
+pub mod typed_struct;
 
 pub use client::{AdsClientConfig, AdsHandle, AdsProtocol, ClientStatus, ResourceSink, TypeStatus};
 pub use codec::CodecError;
