@@ -13,8 +13,9 @@
 //!   Sidecar), fully typed.
 //! - [`security`]: `security.istio.io` kinds (PeerAuthentication,
 //!   AuthorizationPolicy, RequestAuthentication), fully typed.
-//! - [`object::Spec`]: `telemetry.istio.io` and `extensions.istio.io` kinds
-//!   are carried loosely (a JSON value) for now.
+//! - [`telemetry`]: `telemetry.istio.io` Telemetry, typed.
+//! - [`object::Spec`]: `extensions.istio.io` kinds are carried loosely (a
+//!   JSON value) for now.
 //! - [`validate`]: semantic validation with messages naming file, object and
 //!   field (`file: Kind ns/name: spec.http[0].route[1].weight: message`).
 //! - [`mesh_config`]: MeshConfig with Istio's defaults.
@@ -28,6 +29,7 @@ pub mod mesh_config;
 pub mod networking;
 pub mod object;
 pub mod security;
+pub mod telemetry;
 pub mod validate;
 
 pub use duration::IstioDuration;

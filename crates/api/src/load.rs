@@ -165,7 +165,7 @@ fn classify(group: &str, kind: &str) -> KindClass {
             "security.istio.io",
             "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication",
         ) => KindClass::Typed(SECURITY_VERSIONS),
-        ("telemetry.istio.io", "Telemetry") => KindClass::Loose(TELEMETRY_VERSIONS),
+        ("telemetry.istio.io", "Telemetry") => KindClass::Typed(TELEMETRY_VERSIONS),
         ("extensions.istio.io", "WasmPlugin") => KindClass::Loose(EXTENSIONS_VERSIONS),
         (g, _) if g == "istio.io" || g.ends_with(".istio.io") => KindClass::OtherIstio,
         _ => KindClass::Unsupported,
@@ -296,10 +296,7 @@ fn load_value(
                 return;
             }
         },
-        KindClass::Loose(_) => match kind.as_str() {
-            "Telemetry" => Spec::Telemetry(raw_spec),
-            _ => Spec::WasmPlugin(raw_spec),
-        },
+        KindClass::Loose(_) => Spec::WasmPlugin(raw_spec),
         KindClass::OtherIstio | KindClass::Unsupported => Spec::Other(raw_spec),
     };
     objects.push(Object {
@@ -335,6 +332,7 @@ fn typed_spec(kind: &str, raw: &Value) -> Result<Spec, (String, String)> {
         "PeerAuthentication" => Spec::PeerAuthentication(typed(raw)?),
         "AuthorizationPolicy" => Spec::AuthorizationPolicy(typed(raw)?),
         "RequestAuthentication" => Spec::RequestAuthentication(typed(raw)?),
+        "Telemetry" => Spec::Telemetry(typed(raw)?),
         _ => Spec::Sidecar(typed(raw)?),
     })
 }

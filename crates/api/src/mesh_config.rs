@@ -45,7 +45,7 @@ pub struct MeshConfig {
     pub default_http_retry_policy: Option<HttpRetry>,
     pub outbound_traffic_policy: MeshOutboundTrafficPolicy,
     pub extension_providers: Vec<ExtensionProvider>,
-    pub default_providers: Option<serde_json::Value>,
+    pub default_providers: Option<DefaultProviders>,
     pub enable_auto_mtls: bool,
     /// ProxyConfig defaults (loosely typed for now).
     pub default_config: Option<serde_json::Value>,
@@ -158,7 +158,31 @@ impl MeshConfig {
             }
             let kinds = usize::from(p.envoy_ext_authz_http.is_some())
                 + usize::from(p.envoy_ext_authz_grpc.is_some())
+                + usize::from(p.opentelemetry.is_some())
+                + usize::from(p.zipkin.is_some())
+                + usize::from(p.envoy_file_access_log.is_some())
+                + usize::from(p.prometheus.is_some())
                 + p.other.len();
+            if let Some(o) = &p.opentelemetry {
+                collector(
+                    &mut out,
+                    &format!("{path}.opentelemetry"),
+                    &o.service,
+                    o.port,
+                );
+            }
+            if let Some(z) = &p.zipkin {
+                collector(&mut out, &format!("{path}.zipkin"), &z.service, z.port);
+            }
+            if let Some(f) = &p.envoy_file_access_log
+                && let Some(fmt) = &f.log_format
+                && fmt.text.is_some() == fmt.labels.is_some()
+            {
+                out.push((
+                    format!("{path}.envoyFileAccessLog.logFormat"),
+                    "exactly one of text or labels must be set".into(),
+                ));
+            }
             if kinds != 1 {
                 out.push((
                     path.clone(),
@@ -216,6 +240,22 @@ impl MeshConfig {
     }
 }
 
+/// A telemetry collector address: a host name and a port.
+fn collector(out: &mut Vec<(String, String)>, path: &str, service: &str, port: u32) {
+    if service.is_empty() || service.contains(char::is_whitespace) {
+        out.push((
+            format!("{path}.service"),
+            format!("service {service:?} is not a host name"),
+        ));
+    }
+    if !(1..=65535).contains(&port) {
+        out.push((
+            format!("{path}.port"),
+            format!("port {port} is outside 1..65535"),
+        ));
+    }
+}
+
 fn ext_authz_common(
     out: &mut Vec<(String, String)>,
     path: &str,
@@ -260,9 +300,73 @@ pub struct ExtensionProvider {
     pub envoy_ext_authz_http: Option<EnvoyExtAuthzHttp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envoy_ext_authz_grpc: Option<EnvoyExtAuthzGrpc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opentelemetry: Option<OpenTelemetryProvider>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ZipkinProvider>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_file_access_log: Option<FileAccessLogProvider>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<serde_json::Value>,
     /// Other provider kinds, by their key (`opentelemetry`, `zipkin`, ...).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `opentelemetry`: spans exported over OTLP/gRPC to `service:port`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryProvider {
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    /// Settings Trellis does not interpret (resource detectors, samplers,
+    /// HTTP export); kept so the provider still loads.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `zipkin`: spans sent to a Zipkin collector (B3 propagation).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinProvider {
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: u32,
+    pub enable_64bit_trace_id: bool,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `envoyFileAccessLog`: access logs written to a file (`/dev/stdout` by
+/// convention).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FileAccessLogProvider {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<FileAccessLogFormat>,
+}
+
+/// One of `text` (an Envoy format string) or `labels` (JSON keys to
+/// format strings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FileAccessLogFormat {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `defaultProviders`: the providers used when a Telemetry section names
+/// none (and without any Telemetry).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DefaultProviders {
+    pub tracing: Vec<String>,
+    pub metrics: Vec<String>,
+    pub access_logging: Vec<String>,
 }
 
 /// `envoyExtAuthzHttp`: an HTTP external authorization service.

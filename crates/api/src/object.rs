@@ -52,8 +52,8 @@ pub enum Spec {
     AuthorizationPolicy(AuthorizationPolicy),
     /// `security.istio.io` RequestAuthentication.
     RequestAuthentication(RequestAuthentication),
-    /// `telemetry.istio.io` Telemetry (loosely typed for now).
-    Telemetry(serde_json::Value),
+    /// `telemetry.istio.io` Telemetry.
+    Telemetry(crate::telemetry::Telemetry),
     /// `extensions.istio.io` WasmPlugin (loosely typed for now).
     WasmPlugin(serde_json::Value),
     /// Another kind of an Istio API group that Trellis does not model yet

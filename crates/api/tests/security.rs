@@ -559,7 +559,8 @@ meshMTLS: {minProtocolVersion: TLSV1_3}
     );
     assert!(
         mesh.extension_provider("otel")
-            .is_some_and(|p| p.other.contains_key("opentelemetry"))
+            .and_then(|p| p.opentelemetry.as_ref())
+            .is_some_and(|o| o.port == 4317)
     );
     assert_eq!(
         mesh.mesh_mtls

@@ -12,6 +12,7 @@ mod security;
 mod service_entry;
 mod shared;
 mod sidecar;
+mod telemetry;
 mod virtual_service;
 mod workload;
 
@@ -163,6 +164,7 @@ pub fn validate(object: &Object) -> Validation {
         Spec::PeerAuthentication(pa) => security::validate_peer_authentication(pa, &mut r),
         Spec::AuthorizationPolicy(ap) => security::validate_authorization_policy(ap, &mut r),
         Spec::RequestAuthentication(ra) => security::validate_request_authentication(ra, &mut r),
+        Spec::Telemetry(t) => telemetry::validate_telemetry(t, &mut r),
         _ => {}
     }
     let make = |(path, message): (String, String), severity| ValidationError {
