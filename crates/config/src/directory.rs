@@ -90,7 +90,8 @@ fn identity(o: &api::Object) -> (String, String, String, String) {
 
 /// Loads every configuration file under `dir` once: parses, validates
 /// (Istio kinds with `api::validate`, local manifest kinds with
-/// `registry::local::validate`), leaves out and reports bad objects, and
+/// `registry::local::validate`, Kubernetes TLS Secrets with
+/// `registry::secret::validate`), leaves out and reports bad objects, and
 /// reports an object defined twice. As with `kubectl apply`, the definition
 /// written last wins: files are read oldest first (path order among equals),
 /// so dropping a new VirtualService for `reviews` into the directory takes
@@ -125,6 +126,8 @@ pub fn load_dir(dir: &Path) -> ConfigSnapshot {
             let local = registry::local::validate(&object);
             v.errors.extend(local.errors);
             v.warnings.extend(local.warnings);
+            // Kubernetes TLS Secrets (gateway credentials in local mode).
+            v.errors.extend(registry::secret::validate(&object).errors);
             snapshot
                 .warnings
                 .extend(v.warnings.iter().map(ToString::to_string));

@@ -288,3 +288,20 @@ fn start_fails_on_a_missing_directory() {
         snap.errors
     );
 }
+
+#[test]
+fn tls_secrets_are_kept_and_broken_ones_rejected_with_their_field() {
+    let dir = TempDir::new("secrets");
+    dir.write(
+        "secrets.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: good, namespace: istio-system}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    -----BEGIN CERTIFICATE-----\n    AAAA\n    -----END CERTIFICATE-----\n  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n    AAAA\n    -----END PRIVATE KEY-----\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: istio-system}\ntype: kubernetes.io/tls\ndata: {tls.crt: '!!!'}\n",
+    );
+    let s = load_dir(&dir.0);
+    assert_eq!(keys(&s), ["Secret istio-system/good"], "{:?}", s.errors);
+    assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+    let e = &s.errors[0];
+    assert!(
+        e.contains("secrets.yaml") && e.contains("istio-system/bad") && e.contains("data.tls.crt"),
+        "{e}"
+    );
+}

@@ -13,7 +13,7 @@
 //!
 //! | code | level | meaning |
 //! |---|---|---|
-//! | IST0101 ReferencedResourceNotFound | Error* | destination host, host+subset, host:port or gateway not found |
+//! | IST0101 ReferencedResourceNotFound | Error* | destination host, host+subset, host:port or gateway not found; Gateway `credentialName` with no TLS Secret in the gateway workload's namespace |
 //! | IST0106 SchemaValidationError | Error | the object does not parse or fails validation (it is ignored) |
 //! | IST0109 ConflictingMeshGatewayVirtualServiceHosts | Error | several mesh VirtualServices for one host |
 //! | IST0111 MultipleSidecarsWithoutWorkloadSelectors | Error | several namespace-wide Sidecars |
@@ -476,6 +476,7 @@ pub fn analyze_texts(inputs: &[(String, String)], opts: &Options) -> Analysis {
                 let local = registry::local::validate(&o);
                 v.errors.extend(local.errors);
                 v.warnings.extend(local.warnings);
+                v.errors.extend(registry::secret::validate(&o).errors);
                 for w in &v.warnings {
                     // Reported by the IST0134 analyzer, with Istio's code.
                     if o.kind == "ServiceEntry" && w.path == "spec.addresses" {
@@ -777,6 +778,9 @@ fn analyze_objects(ctx: &mut Ctx, objects: &[Object], opts: &Options) {
         }
     }
 
+    for (o, g) in world.gateways.values() {
+        analyze_gateway_credentials(ctx, &world, o, g);
+    }
     analyze_dr_conflicts(ctx, &world);
     analyze_sidecars(ctx, &world, objects);
     translate(ctx, objects, &world, &resolved);
@@ -811,6 +815,82 @@ fn report_origin(
             field: field.to_string(),
             message,
         });
+    }
+}
+
+/// The labels of `trellis up`'s ingress gateway (namespace `istio-system`).
+const UP_INGRESS_LABELS: &[(&str, &str)] =
+    &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")];
+const UP_INGRESS_NAMESPACE: &str = "istio-system";
+
+/// The namespace of the gateway workload a Gateway selects (where its
+/// credentials live, as in Istio): a local workload's, `istio-system` for
+/// `trellis up`'s ingress, else the Gateway's own.
+fn gateway_workload_namespace<'a>(world: &'a World<'_>, o: &'a Object, g: &Gateway) -> &'a str {
+    let selects = |labels: &BTreeMap<String, String>| {
+        !g.selector.is_empty() && g.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    if let Some(w) = world.local_workloads.iter().find(|w| selects(&w.labels)) {
+        return &w.namespace;
+    }
+    let up: BTreeMap<String, String> = UP_INGRESS_LABELS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    if selects(&up) {
+        UP_INGRESS_NAMESPACE
+    } else {
+        o.namespace()
+    }
+}
+
+/// Istio's `gateway/secret` analyzer: every `credentialName` must name a
+/// TLS Secret in the gateway workload's namespace.
+fn analyze_gateway_credentials(ctx: &mut Ctx, world: &World<'_>, o: &Object, g: &Gateway) {
+    let ns = gateway_workload_namespace(world, o, g);
+    for (i, server) in g.servers.iter().enumerate() {
+        let Some(tls) = &server.tls else {
+            continue;
+        };
+        let mut names: Vec<(String, &str)> = tls
+            .credential_name
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| (format!("spec.servers[{i}].tls.credentialName"), c.as_str()))
+            .collect();
+        names.extend(tls.credential_names.iter().enumerate().map(|(j, c)| {
+            (
+                format!("spec.servers[{i}].tls.credentialNames[{j}]"),
+                c.as_str(),
+            )
+        }));
+        for (field, name) in names {
+            let plain = name
+                .strip_prefix(pilot::gateway::KUBERNETES_PREFIX)
+                .unwrap_or(name);
+            let key = if plain.contains('/') {
+                plain.to_owned()
+            } else {
+                format!("{ns}/{plain}")
+            };
+            let found = world
+                .registry
+                .credentials
+                .get(&key)
+                .is_some_and(registry::secret::TlsCredential::has_keypair);
+            if !found {
+                ctx.report(
+                    o,
+                    Level::Error,
+                    REF_NOT_FOUND,
+                    Stage::Analyze,
+                    &field,
+                    format!(
+                        "Referenced credentialName not found: \"{name}\" (no kubernetes.io/tls Secret {key} with tls.crt and tls.key; the server is not served)"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -1282,7 +1362,8 @@ fn translate(
         }
     }
     for (o, g) in world.gateways.values() {
-        let mut node = pilot::ProxyNode::sidecar(o.namespace(), &[], None);
+        let mut node =
+            pilot::ProxyNode::sidecar(gateway_workload_namespace(world, o, g), &[], None);
         node.kind = pilot::NodeKind::Router;
         node.id = format!(
             "router~127.0.0.1~{}.{}~{}.svc.{}",

@@ -302,3 +302,61 @@ fn istio_samples_have_no_parse_errors() {
     assert!(!a.messages.iter().any(|m| m.stage == Stage::Parse));
     assert!(!a.objects.is_empty());
 }
+
+#[test]
+fn gateway_credential_must_name_a_tls_secret_of_the_gateway_namespace() {
+    let gw = "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: present}
+  - port: {number: 443, name: https-b, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: SIMPLE, credentialName: absent}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: present, namespace: istio-system}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+    -----BEGIN CERTIFICATE-----
+    AAAA
+    -----END CERTIFICATE-----
+  tls.key: |
+    -----BEGIN PRIVATE KEY-----
+    AAAA
+    -----END PRIVATE KEY-----
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: broken, namespace: istio-system}
+type: kubernetes.io/tls
+stringData: {tls.crt: not a certificate}
+";
+    let msgs = run_texts(&[("gw.yaml", gw)], false);
+    let missing: Vec<&Message> = msgs
+        .iter()
+        .filter(|m| m.code == "IST0101" && m.object_name == "edge")
+        .collect();
+    assert_eq!(missing.len(), 1, "{msgs:#?}");
+    assert_eq!(missing[0].level, Level::Error);
+    assert_eq!(missing[0].field, "spec.servers[1].tls.credentialName");
+    assert!(
+        missing[0].message.contains("\"absent\""),
+        "{}",
+        missing[0].message
+    );
+    // A broken TLS Secret is a schema error naming the key.
+    assert!(
+        msgs.iter().any(|m| m.code == "IST0106"
+            && m.object_name == "broken"
+            && m.field.starts_with("stringData.tls.")),
+        "{msgs:#?}"
+    );
+}

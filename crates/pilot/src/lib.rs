@@ -20,7 +20,9 @@
 //!   traffic policies.
 //! - [`route`]: VirtualService HTTP routes to Envoy routes.
 //! - [`sidecar`]: sidecar listeners and outbound route tables.
-//! - [`gateway`]: gateway (router) listeners and route tables.
+//! - [`gateway`]: gateway (router) listeners and route tables, TLS servers
+//!   and their SDS credentials.
+//! - `tcp`: VirtualService `tcp`/`tls` routes (tcp_proxy, SNI chains).
 //! - [`security`]: PeerAuthentication (inbound mTLS chains), auto mTLS and
 //!   DestinationRule TLS (upstream), RequestAuthentication (jwt_authn) and
 //!   AuthorizationPolicy (RBAC, ext_authz).
@@ -38,6 +40,8 @@ pub(crate) mod pb;
 pub mod route;
 pub mod security;
 pub mod sidecar;
+pub(crate) mod tcp;
+pub(crate) mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -45,6 +49,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
 pub use context::PushContext;
 pub use node::{LocalPorts, NodeKind, ProxyNode};
@@ -57,6 +62,8 @@ pub struct Generated {
     pub clusters: Vec<Cluster>,
     /// One ClusterLoadAssignment per EDS cluster (named like the cluster).
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// SDS secrets the control plane serves itself (gateway credentials).
+    pub secrets: Vec<Secret>,
     /// What could not be translated exactly (the rest still is).
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -90,6 +97,8 @@ impl Generated {
         self.clusters.dedup_by(|a, b| a.name == b.name);
         self.endpoints
             .dedup_by(|a, b| a.cluster_name == b.cluster_name);
+        self.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        self.secrets.dedup_by(|a, b| a.name == b.name);
     }
 }
 
@@ -142,6 +151,7 @@ pub fn generate(node: &ProxyNode, ctx: &PushContext) -> Result<Generated, Genera
         NodeKind::Router => gateway::generate(node, ctx),
         NodeKind::Waypoint => return Err(GenerateError::UnsupportedProxy("waypoint".into())),
     };
+    telemetry::apply(node, ctx, &mut out);
     out.sort();
     Ok(out)
 }
@@ -167,5 +177,8 @@ pub fn to_snapshot(generated: &Generated) -> xds::Snapshot {
         type_url::ENDPOINT,
         named(&generated.endpoints, |e| &e.cluster_name),
     );
+    if !generated.secrets.is_empty() {
+        snap.set_hashed(type_url::SECRET, named(&generated.secrets, |s| &s.name));
+    }
     snap
 }

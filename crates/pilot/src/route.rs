@@ -461,7 +461,7 @@ fn mirror(
 
 /// `(cluster name, host, port, subset)` of a route destination. The port is
 /// the destination's, else the service's only port, else the port served.
-fn destination_cluster(
+pub(crate) fn destination_cluster(
     scope: RouteScope<'_>,
     vs_ns: &str,
     dest: &Destination,

@@ -7,12 +7,18 @@
 //!   (bare `<name>` too for port 80);
 //! - `inbound_<targetPort>` on `127.0.0.1:<TRELLIS_INBOUND_PORTS[targetPort]>`
 //!   to `inbound|<targetPort>||`, a static cluster to the application on
-//!   `127.0.0.1:<TRELLIS_APP_PORTS[targetPort]>`.
+//!   `127.0.0.1:<TRELLIS_APP_PORTS[targetPort]>`;
+//! - `outbound_tcp_<port>_<host>` on `127.0.0.1:<local port>` for each TCP
+//!   service port `trellis up` gave this workload a local port for
+//!   (`Registry::local_tcp_outbound`), routed like a capture-mode TCP
+//!   listener.
 //!
 //! **Capture mode** (Istio's layout): `virtualOutbound` (15001, original
 //! destination) handing off to per-port `0.0.0.0_<port>` listeners (route
-//! table `<port>`), and `virtualInbound` (15006) with filter chains per
-//! served target port and passthrough chains for the other ports.
+//! table `<port>`; TCP ports: the service's VirtualService `tls`/`tcp`
+//! routes, see module `tcp`), and `virtualInbound` (15006) with filter
+//! chains per served target port and passthrough chains for the other
+//! ports.
 //!
 //! **Inbound security** (both modes, see [`crate::security`]): each inbound
 //! port gets Istio's filter chains for its PeerAuthentication mode —
@@ -46,7 +52,7 @@ use crate::context::PushContext;
 use crate::node::{LocalPorts, ProxyNode};
 use crate::route::{RouteScope, dedup_domains, default_route, virtual_service_routes};
 use crate::security::{WorkloadSecurity, tls};
-use crate::{Diagnostic, Generated, pb};
+use crate::{Diagnostic, Generated, pb, tcp};
 
 /// The route table of the local-mode outbound listener.
 pub const OUTBOUND_HTTP_ROUTE: &str = "outbound-http";
@@ -95,16 +101,7 @@ fn local_mode(
         ));
     }
     let mut vhosts = outbound_vhosts(node, ctx, services, None, &mut out.diagnostics);
-    let has_tcp = services
-        .iter()
-        .any(|(s, _)| s.ports.iter().any(|p| !p.protocol.is_http()));
-    if has_tcp {
-        out.diagnostics.push(Diagnostic::new(
-            "",
-            "",
-            "local mode routes HTTP only: TCP service ports are reachable through capture mode",
-        ));
-    }
+    local_tcp_listeners(node, ctx, services, out);
     // Without capture there is no original destination to pass unknown
     // hosts through to (PassthroughCluster would need one), so ALLOW_ANY
     // answers 404 for hosts outside the registry; REGISTRY_ONLY answers 502
@@ -154,6 +151,64 @@ fn local_mode(
             target,
             app,
             matches!(protocol, Protocol::Http2 | Protocol::Grpc),
+        ));
+    }
+}
+
+/// Local mode has no original destination to route TCP by: the sidecar
+/// gets one listener per TCP service port (`trellis up` assigns the ports
+/// and tells the application, see `registry::local::TcpUpstream`), each
+/// routed like a capture-mode `0.0.0.0_<port>` listener.
+fn local_tcp_listeners(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    services: &[(&Service, Option<Vec<u32>>)],
+    out: &mut Generated,
+) {
+    let key = format!("{}/{}", node.namespace, node.workload_name);
+    let assigned = ctx.registry().local_tcp_outbound.get(&key);
+    let mut unreachable = Vec::new();
+    for (svc, ports) in services {
+        for p in &svc.ports {
+            if p.protocol.is_http() || ports.as_ref().is_some_and(|l| !l.contains(&p.number)) {
+                continue;
+            }
+            let Some(&(_, _, local)) = assigned
+                .into_iter()
+                .flatten()
+                .find(|(h, sp, _)| *h == svc.hostname && *sp == p.number)
+            else {
+                unreachable.push(format!("{}:{}", svc.hostname, p.number));
+                continue;
+            };
+            let scope = RouteScope {
+                ctx,
+                node,
+                gateway: api::defaults::MESH_GATEWAY,
+                port: p.number,
+            };
+            let tls_service = matches!(p.protocol, Protocol::Tls | Protocol::Https);
+            let chains =
+                tcp::service_chains(scope, &svc.hostname, tls_service, &mut out.diagnostics);
+            let mut l = listener(
+                &format!("outbound_tcp_{}_{}", p.number, svc.hostname),
+                "127.0.0.1",
+                u32::from(local),
+                TrafficDirection::Outbound,
+                chains,
+            );
+            add_tls_inspector(&mut l);
+            out.listeners.push(l);
+        }
+    }
+    if !unreachable.is_empty() {
+        out.diagnostics.push(Diagnostic::new(
+            "",
+            "",
+            format!(
+                "local mode: no local listener for TCP {} (only the TCP ports of the workload manifest's Services get one)",
+                unreachable.join(", ")
+            ),
         ));
     }
 }
@@ -260,18 +315,27 @@ fn capture_mode(
             ));
             continue;
         };
-        let cluster_name = cluster::outbound_name(port, "", &svc.hostname);
+        // The service's mesh VirtualService `tls`/`tcp` routes, else the
+        // service itself.
+        let scope = RouteScope {
+            ctx,
+            node,
+            gateway: api::defaults::MESH_GATEWAY,
+            port,
+        };
+        let tls_service = svc
+            .port(port)
+            .is_some_and(|p| matches!(p.protocol, Protocol::Tls | Protocol::Https));
+        let chains = tcp::service_chains(scope, &svc.hostname, tls_service, &mut out.diagnostics);
         let mut l = listener(
             &format!("0.0.0.0_{port}"),
             "0.0.0.0",
             port,
             TrafficDirection::Outbound,
-            vec![FilterChain {
-                filters: vec![tcp_proxy_filter(&cluster_name, &cluster_name)],
-                ..Default::default()
-            }],
+            chains,
         );
         l.bind_to_port = Some(pb::boolv(false));
+        add_tls_inspector(&mut l);
         out.listeners.push(l);
     }
 
@@ -543,7 +607,7 @@ fn passthrough_chains(
 }
 
 /// The TLS inspector (Istio adds it when a chain matches on TLS).
-fn add_tls_inspector(l: &mut Listener) {
+pub(crate) fn add_tls_inspector(l: &mut Listener) {
     let needs = l
         .filter_chains
         .iter()

@@ -404,6 +404,16 @@ impl Registry {
                 b.service_entry(object, se);
             }
         }
+        b.registry.credentials = crate::secret::credentials(objects);
+        for w in workloads {
+            b.registry.local_tcp_outbound.insert(
+                format!("{}/{}", w.namespace, w.name),
+                w.tcp_outbound
+                    .iter()
+                    .map(|(u, port)| (u.hostname(domain_suffix), u.port, *port))
+                    .collect(),
+            );
+        }
         (b.registry, b.diags)
     }
 }

@@ -14,6 +14,8 @@
 //! - [`model`]: the registry data types.
 //! - [`local`]: the local workload manifest of `trellis up` (kinds
 //!   `local.trellis.dev/v1alpha1` `Service` and `Workload`), port assignment.
+//! - [`secret`]: TLS credentials from Kubernetes `Secret`s (gateway
+//!   `credentialName`).
 //! - [`protocol`]: Istio's protocol selection (explicit, `appProtocol`, port
 //!   name prefix).
 //! - `Registry::build` (module `build`): objects + resolved workloads to a
@@ -23,9 +25,10 @@ mod build;
 pub mod local;
 pub mod model;
 pub mod protocol;
+pub mod secret;
 
 pub use build::{EXPORT_TO_ANNOTATION, TLS_MODE_LABEL};
 pub use local::{
-    LocalManifest, LocalService, LocalWorkload, ResolvedWorkload, Runner, assign_ports,
+    LocalManifest, LocalService, LocalWorkload, ResolvedWorkload, Runner, TcpUpstream, assign_ports,
 };
 pub use model::*;

@@ -221,6 +221,50 @@ pub struct LocalWorkload {
     /// the manifest lists no ports these are the target ports of every local
     /// Service / ServiceEntry (workloadSelector) selecting the workload.
     pub ports: BTreeMap<u32, u16>,
+    /// Target ports that selecting services declare with a non-HTTP
+    /// protocol (TCP, TLS, ...): a demo app serves them with its TCP echo.
+    pub tcp_targets: BTreeSet<u32>,
+    /// The TCP service ports of the manifest: without capture, the
+    /// application reaches each through a local port of its sidecar.
+    pub tcp_upstreams: Vec<TcpUpstream>,
+}
+
+/// A TCP port of a local Service, as a workload's sidecar exposes it
+/// locally (there is no capture to find the destination otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpUpstream {
+    pub service: String,
+    pub namespace: String,
+    pub port: u32,
+}
+
+impl TcpUpstream {
+    /// `<service>.<namespace>.svc.<domain_suffix>`.
+    pub fn hostname(&self, domain_suffix: &str) -> String {
+        format!("{}.{}.svc.{domain_suffix}", self.service, self.namespace)
+    }
+
+    /// The environment variable that tells the application where the
+    /// sidecar listens for it: `TRELLIS_TCP_<SERVICE>_<NAMESPACE>_<PORT>`.
+    pub fn env_name(&self) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        format!(
+            "TRELLIS_TCP_{}_{}_{}",
+            clean(&self.service),
+            clean(&self.namespace),
+            self.port
+        )
+    }
 }
 
 /// One local object.
@@ -587,6 +631,8 @@ fn parse_workload(
         env: spec.env,
         locality: spec.locality.unwrap_or_default(),
         ports,
+        tcp_targets: BTreeSet::new(),
+        tcp_upstreams: Vec::new(),
     })
 }
 
@@ -684,12 +730,33 @@ impl LocalManifest {
             .workloads
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-        // Selectors (namespace, labels, target ports) that may pick workloads.
+        // Selectors (namespace, labels, target ports) that may pick
+        // workloads, and which of those targets carry TCP.
         let mut selectors: Vec<(&str, &BTreeMap<String, String>, Vec<u32>)> = Vec::new();
+        let mut tcp_selectors: Vec<(&str, &BTreeMap<String, String>, Vec<u32>)> = Vec::new();
+        let mut tcp_upstreams = Vec::new();
         for s in &manifest.services {
             let targets = s.spec.ports.iter().map(LocalServicePort::target).collect();
             selectors.push((&s.namespace, &s.spec.selector, targets));
+            let tcp: Vec<&LocalServicePort> = s
+                .spec
+                .ports
+                .iter()
+                .filter(|p| !p.protocol().is_http())
+                .collect();
+            tcp_selectors.push((
+                &s.namespace,
+                &s.spec.selector,
+                tcp.iter().map(|p| p.target()).collect(),
+            ));
+            tcp_upstreams.extend(tcp.iter().map(|p| TcpUpstream {
+                service: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: p.port,
+            }));
         }
+        tcp_upstreams.sort();
+        tcp_upstreams.dedup();
         for o in objects {
             if let Spec::ServiceEntry(se) = &o.spec
                 && let Some(sel) = &se.workload_selector
@@ -715,6 +782,12 @@ impl LocalManifest {
             })
             .collect();
         for (w, targets) in manifest.workloads.iter_mut().zip(derived) {
+            w.tcp_targets = tcp_selectors
+                .iter()
+                .filter(|(ns, sel, _)| *ns == w.namespace && selector_matches(sel, &w.labels))
+                .flat_map(|(_, _, targets)| targets.iter().copied())
+                .collect();
+            w.tcp_upstreams = tcp_upstreams.clone();
             if explicit_ports.contains(&(w.namespace.clone(), w.name.clone())) {
                 continue;
             }
@@ -747,6 +820,15 @@ pub struct ResolvedWorkload {
     pub outbound_port: u16,
     /// The sidecar's admin port.
     pub admin_port: u16,
+    /// The sidecar's Prometheus port (Istio's 15090) and the agent's
+    /// merged-metrics port (Istio's 15020).
+    pub stats_port: u16,
+    pub agent_port: u16,
+    /// Target ports served as TCP (see [`LocalWorkload::tcp_targets`]).
+    pub tcp_targets: BTreeSet<u32>,
+    /// The sidecar's local port for each TCP service port the application
+    /// may call (no capture: one listener per destination).
+    pub tcp_outbound: Vec<(TcpUpstream, u16)>,
     pub runner: Runner,
     /// Extra environment from the manifest.
     pub env: BTreeMap<String, String>,
@@ -817,10 +899,28 @@ impl ResolvedWorkload {
             "--listen-addr".to_string(),
             LOCAL_ADDRESS.to_string(),
         ];
-        if !self.app_ports.is_empty() {
+        let http: Vec<String> = self
+            .app_ports
+            .iter()
+            .filter(|(t, _)| !self.tcp_targets.contains(t))
+            .map(|(_, p)| p.to_string())
+            .collect();
+        let tcp = self
+            .app_ports
+            .iter()
+            .find(|(t, _)| self.tcp_targets.contains(t));
+        if !http.is_empty() {
             args.push("--http-port".into());
-            let ports: Vec<String> = self.app_ports.values().map(u16::to_string).collect();
-            args.push(ports.join(","));
+            args.push(http.join(","));
+        } else if tcp.is_some() {
+            // A TCP-only demo still runs its HTTP side: on a port of the
+            // kernel's choosing, never the default 8080 (the gateway's).
+            args.push("--http-port".into());
+            args.push("0".into());
+        }
+        if let Some((_, port)) = tcp {
+            args.push("--tcp-port".into());
+            args.push(port.to_string());
         }
         args.push("--proxy".into());
         args.push(self.proxy_url());
@@ -853,6 +953,9 @@ impl ResolvedWorkload {
             "TRELLIS_WORKLOAD".into(),
             format!("{}/{}", self.namespace, self.name),
         );
+        for (u, port) in &self.tcp_outbound {
+            env.insert(u.env_name(), format!("{LOCAL_ADDRESS}:{port}"));
+        }
         env.extend(self.env.clone());
         env
     }
@@ -946,7 +1049,17 @@ pub fn assign_ports_with(
             let app = if fixed != 0 { fixed } else { take(w)? };
             app_ports.insert(target, app);
         }
+        // After every other port, so that meshes without TCP services keep
+        // their assignment.
+        let mut tcp_outbound = Vec::new();
+        for u in &w.tcp_upstreams {
+            tcp_outbound.push((u.clone(), take(w)?));
+        }
+        let stats_port = take(w)?;
+        let agent_port = take(w)?;
         out.push(ResolvedWorkload {
+            tcp_targets: w.tcp_targets.clone(),
+            tcp_outbound,
             name: w.name.clone(),
             namespace: w.namespace.clone(),
             labels: w.labels.clone(),
@@ -956,6 +1069,8 @@ pub fn assign_ports_with(
             inbound_ports,
             outbound_port,
             admin_port,
+            stats_port,
+            agent_port,
             runner: w.runner.clone(),
             env: w.env.clone(),
             origin: w.origin.clone(),
@@ -972,6 +1087,41 @@ mod tests {
         let (objects, errors) = api::load::parse_documents(text, "m.yaml");
         assert!(errors.is_empty(), "{errors:?}");
         objects
+    }
+
+    #[test]
+    fn tcp_service_ports_get_local_listener_ports_and_a_tcp_echo() {
+        let objects = load(
+            "apiVersion: local.trellis.dev/v1alpha1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: echo}\n  ports: [{name: tcp, port: 9000, targetPort: 9001}]\n---\napiVersion: local.trellis.dev/v1alpha1\nkind: Workload\nmetadata: {name: echo-v1, labels: {app: echo}}\nspec: {demo: {}}\n---\napiVersion: local.trellis.dev/v1alpha1\nkind: Workload\nmetadata: {name: web, labels: {app: web}}\nspec: {demo: {}, ports: [8080]}\n",
+        );
+        let (m, diags) = LocalManifest::from_objects(&objects);
+        assert!(diags.is_empty(), "{diags:?}");
+        let r = assign_ports(&m.workloads, 30000, &BTreeSet::new()).expect("ports");
+        let echo = &r[0];
+        assert_eq!(echo.name, "echo-v1");
+        assert_eq!(echo.tcp_targets, BTreeSet::from([9001]));
+        // admin, outbound, inbound, app, then the TCP listener.
+        assert_eq!(echo.tcp_outbound.len(), 1);
+        assert_eq!(echo.tcp_outbound[0].1, 30004);
+        let args = echo.demo_args().expect("demo");
+        let at = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+        };
+        assert_eq!(at("--http-port").as_deref(), Some("0"));
+        assert_eq!(at("--tcp-port"), Some(echo.app_ports[&9001].to_string()));
+        let web = &r[1];
+        assert_eq!(
+            web.env_vars()
+                .get("TRELLIS_TCP_ECHO_DEFAULT_9000")
+                .map(String::as_str),
+            Some(format!("127.0.0.1:{}", web.tcp_outbound[0].1).as_str())
+        );
+        assert_eq!(
+            web.tcp_outbound[0].0.hostname("cluster.local"),
+            "echo.default.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -1042,6 +1192,8 @@ mod tests {
             env: BTreeMap::new(),
             locality: String::new(),
             ports: ports.iter().copied().collect(),
+            tcp_targets: BTreeSet::new(),
+            tcp_upstreams: Vec::new(),
         }
     }
 

@@ -133,6 +133,12 @@ impl std::fmt::Display for Diagnostic {
 pub struct Registry {
     pub services: BTreeMap<String, Service>,
     pub endpoints: BTreeMap<(String, u32), Vec<Endpoint>>,
+    /// TLS credentials from Kubernetes Secrets, by `namespace/name`
+    /// (gateway `credentialName`s).
+    pub credentials: BTreeMap<String, crate::secret::TlsCredential>,
+    /// Local mode: per workload (`namespace/name`), the sidecar's local TCP
+    /// listener port for each (service host, service port).
+    pub local_tcp_outbound: BTreeMap<String, Vec<(String, u32, u16)>>,
 }
 
 impl Registry {
