@@ -1,5 +1,5 @@
 //! The control plane's debug and monitoring endpoints (Istio's 15014):
-//! `/ready`, `/debug/syncz` (every proxy's sync state, the contract
+//! `/ready`, `/metrics` (Prometheus, [`crate::metrics`]), `/debug/syncz` (every proxy's sync state, the contract
 //! `trellis proxy-status` reads) and `/debug/configz` (rejected objects).
 
 use std::convert::Infallible;
@@ -48,6 +48,11 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 fn handle(cp: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/ready" => respond(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/metrics" | "/stats/prometheus" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            cp.metrics().render(&cp.cache().status(), cp.config_sizes()),
+        ),
         "/debug/syncz" => respond(StatusCode::OK, "application/json", pretty(&syncz(cp))),
         "/debug/configz" => {
             let s = cp.status();
@@ -57,7 +62,7 @@ fn handle(cp: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "endpoints: /ready /debug/syncz /debug/configz\n".into(),
+            "endpoints: /ready /metrics /debug/syncz /debug/configz\n".into(),
         ),
     }
 }

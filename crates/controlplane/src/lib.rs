@@ -6,6 +6,7 @@
 //! change reaches only the proxies (and, on delta, the resources) it affects.
 
 mod debug;
+pub mod metrics;
 mod push;
 mod secure;
 

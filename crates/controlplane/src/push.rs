@@ -26,6 +26,7 @@ pub struct ControlPlane {
     status: Mutex<ConfigStatus>,
     /// Per node: the last translation diagnostics, to log each only once.
     node_diagnostics: Mutex<BTreeMap<String, Vec<String>>>,
+    metrics: crate::metrics::CpMetrics,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -51,12 +52,37 @@ impl ControlPlane {
                 mesh,
                 status: Mutex::default(),
                 node_diagnostics: Mutex::default(),
+                metrics: crate::metrics::CpMetrics::default(),
             }
         })
     }
 
     pub fn cache(&self) -> &Arc<SnapshotCache> {
         &self.cache
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::CpMetrics {
+        &self.metrics
+    }
+
+    /// What `/metrics` reports about the configuration's size.
+    pub fn config_sizes(&self) -> crate::metrics::ConfigSizes {
+        let rejected = self.status().errors.len();
+        let Some(ctx) = self.context.load_full() else {
+            return crate::metrics::ConfigSizes {
+                rejected,
+                ..Default::default()
+            };
+        };
+        crate::metrics::ConfigSizes {
+            services: ctx.registry().services.len(),
+            virtual_services: ctx
+                .objects()
+                .iter()
+                .filter(|o| matches!(o.spec, api::Spec::VirtualService(_)))
+                .count(),
+            rejected,
+        }
     }
 
     pub fn status(&self) -> ConfigStatus {
@@ -76,10 +102,25 @@ impl ControlPlane {
         for w in &warnings {
             tracing::warn!(warning = %w, "registry");
         }
+        let mut errors = snapshot.errors.clone();
         let objects: Vec<api::Object> = snapshot
             .objects
             .iter()
             .filter(|o| !o.is_unsupported())
+            .filter(|o| {
+                // A Telemetry naming a provider MeshConfig lacks is left
+                // out, like any invalid object; the rest keep working.
+                let api::Spec::Telemetry(t) = &o.spec else {
+                    return true;
+                };
+                let problems = api::telemetry::check_providers(t, &self.mesh);
+                for (path, msg) in &problems {
+                    let e = format!("{}: {} {}: {path}: {msg}", o.origin, o.kind, o.key());
+                    tracing::warn!(error = %e, "configuration object rejected");
+                    errors.push(e);
+                }
+                problems.is_empty()
+            })
             .cloned()
             .collect();
         let ctx = pilot::PushContext::new(objects, Arc::new(registry), self.mesh.clone());
@@ -87,7 +128,7 @@ impl ControlPlane {
         if let Ok(mut s) = self.status.lock() {
             *s = ConfigStatus {
                 generation: snapshot.generation,
-                errors: snapshot.errors.clone(),
+                errors,
                 warnings,
             };
         }
@@ -115,6 +156,7 @@ impl ControlPlane {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         match pilot::generate(&proxy, &ctx) {
             Ok(generated) => {
                 let diags: Vec<String> = generated
@@ -130,8 +172,21 @@ impl ControlPlane {
                         }
                     }
                 }
-                self.cache
-                    .set_snapshot(&node.id, pilot::to_snapshot(&generated));
+                let snapshot = pilot::to_snapshot(&generated);
+                let took = started.elapsed();
+                let previous = self.cache.snapshot_for(&node.id);
+                let changed = snapshot
+                    .types()
+                    .filter(|(t, ts)| {
+                        previous
+                            .as_deref()
+                            .and_then(|p| p.get(t))
+                            .is_none_or(|p| p.version != ts.version)
+                    })
+                    .map(|(t, ts)| (t.to_string(), ts.version.clone()))
+                    .collect();
+                self.metrics.pushed(&node.id, took, changed);
+                self.cache.set_snapshot(&node.id, snapshot);
             }
             Err(e) => tracing::warn!(node = %node.id, error = %e, "cannot generate configuration"),
         }

@@ -140,8 +140,10 @@ fn a_local_sidecar_proxies_http_on_its_loopback_outbound_port_via_rds_outbound_h
     assert_eq!(
         filters,
         [
+            "istio.metadata_exchange",
             "envoy.filters.http.fault",
             "envoy.filters.http.cors",
+            "istio.stats",
             "envoy.filters.http.router"
         ]
     );
