@@ -13,6 +13,7 @@ talk mTLS to each other (auto mTLS). Each test checks Istio's documented behavio
 | test_request_authentication_and_jwt_claims | RequestAuthentication + requestPrincipals + when request.auth.claims |
 | test_certificates_rotate_under_load | certificates with a 30 s TTL rotate while requests flow; zero failures |
 | test_sidecar_tls_scan | sslyze on a sidecar's mTLS port: nothing below TLS 1.2, no weak ciphers |
+| test_authorization_custom_ext_authz | AuthorizationPolicy CUSTOM with the sample ext-authz workload (gRPC and HTTP providers) |
 """
 from __future__ import annotations
 
@@ -402,3 +403,118 @@ def test_sidecar_tls_scan(mesh, impl, e2e):
         assert "ECDHE" in name or name.startswith("TLS_AES") or name.startswith("TLS_CHACHA20"), name
         for weak in ("RC4", "3DES", "DES", "NULL", "EXPORT", "MD5", "CBC"):
             assert weak not in name, name
+
+
+# ---------------------------------------------------------------- CUSTOM (ext_authz)
+
+EXT_AUTHZ_DENY_BODY = "denied by ext_authz for not found header `x-ext-authz: allow` in the request"
+
+EXT_AUTHZ_MESH_CONFIG = """\
+extensionProviders:
+- name: sample-ext-authz-grpc
+  envoyExtAuthzGrpc:
+    service: ext-authz.default.svc.cluster.local
+    port: 9000
+- name: sample-ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.default.svc.cluster.local
+    port: 8000
+    includeRequestHeadersInCheck: ["x-ext-authz"]
+    headersToUpstreamOnAllow: ["x-ext-authz-check-result"]
+    headersToDownstreamOnDeny: ["x-ext-authz-check-result"]
+"""
+
+EXT_AUTHZ_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ext-authz
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: productpage
+  action: CUSTOM
+  provider:
+    name: {provider}
+  rules:
+  - to:
+    - operation:
+        paths: ["/productpage"]
+"""
+
+
+def ext_authz_workload(trellis: str) -> str:
+    """Istio's ext-authz sample as a local workload: `trellis demo-app` in its authorizer
+    mode, HTTP check on 8000 and gRPC check on 9000 (app ports from trellis up)."""
+    run = (f"exec {trellis} demo-app --service ext-authz --listen-addr 127.0.0.1 --http-port 0 "
+           "--ext-authz-http-port $TRELLIS_APP_PORT_8000 --ext-authz-grpc-port $TRELLIS_APP_PORT_9000")
+    return f"""\
+apiVersion: local.trellis.dev/v1alpha1
+kind: Service
+metadata:
+  name: ext-authz
+  namespace: default
+  labels: {{app: ext-authz}}
+spec:
+  selector: {{app: ext-authz}}
+  ports:
+  - {{name: http, port: 8000, targetPort: 8000}}
+  - {{name: grpc, port: 9000, targetPort: 9000}}
+---
+apiVersion: local.trellis.dev/v1alpha1
+kind: Workload
+metadata:
+  name: ext-authz-v1
+  namespace: default
+  labels: {{app: ext-authz, version: v1}}
+spec:
+  serviceAccount: ext-authz
+  command: ["sh", "-c", {json.dumps(run)}]
+"""
+
+
+@pytest.fixture
+def ext_authz_mesh(start_mesh, tmp_path):
+    from harness.procs import trellis_bin
+    mesh_config = tmp_path / "mesh-config.yaml"
+    mesh_config.write_text(EXT_AUTHZ_MESH_CONFIG)
+    return start_mesh(prepare=lambda d: d.apply("ext-authz.yaml", ext_authz_workload(str(trellis_bin()))),
+                      extra_args=["--mesh-config", str(mesh_config)])
+
+
+def test_authorization_custom_ext_authz(ext_authz_mesh):
+    """AuthorizationPolicy CUSTOM (Istio's ext-authz task) with the sample authorizer as a
+    mesh workload: on productpage's /productpage, requests with `x-ext-authz: allow` pass and
+    the others get the authorizer's 403 and body; other paths are not checked. Over the gRPC
+    provider, then the HTTP one (its allowed headers reach the upstream and the client)."""
+    mesh = ext_authz_mesh
+    allow = {"x-ext-authz": "allow"}
+    assert get().status == 200
+    apply_and_wait(mesh, "authz-custom.yaml", EXT_AUTHZ_POLICY.format(provider="sample-ext-authz-grpc"))
+    r = poll(lambda: (lambda r: r if r.status == 403 else None)(get()), PROPAGATION,
+             "/productpage without x-ext-authz denied by the authorizer")
+    assert r.text == EXT_AUTHZ_DENY_BODY, r.describe()
+    assert r.header("x-ext-authz-check-result") == "denied", r.describe()
+    ok = get(headers=allow)
+    assert ok.status == 200 and services(ok) >= {"productpage", "reviews"}, ok.describe()
+    assert ok.json["headers"].get("x-ext-authz-check-result") == "allowed", ok.describe()
+    assert get(headers={"x-ext-authz": "deny"}).status == 403
+    assert get("/api/v1/products").status == 200   # not a path of the policy
+
+    apply_and_wait(mesh, "authz-custom.yaml", EXT_AUTHZ_POLICY.format(provider="sample-ext-authz-http"))
+
+    def http_denial():
+        r = get()
+        seen = json.dumps(r.headers)
+        return r if r.status == 403 and "x-ext-authz-check-received" not in seen else None
+    r = poll(http_denial, PROPAGATION, "the HTTP provider's denial (only the allowed header)")
+    assert r.text == EXT_AUTHZ_DENY_BODY and r.header("x-ext-authz-check-result") == "denied", r.describe()
+    ok = poll(lambda: (lambda r: r if r.status == 200 else None)(get(headers=allow)), PROPAGATION,
+              "allowed through the HTTP provider")
+    assert ok.json["headers"].get("x-ext-authz-check-result") == "allowed", ok.describe()
+    assert "x-ext-authz-check-received" not in ok.json["headers"]
+    before = mesh.versions()
+    mesh.dir.delete("authz-custom.yaml")
+    mesh.wait_pushed_and_acked(before)
+    poll(lambda: get().status == 200 or None, PROPAGATION, "access restored")

@@ -36,6 +36,8 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod ext_authz;
+
 /// Command line of `trellis demo-app` (flatten it into the binary's subcommand).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoConfig {
@@ -60,6 +62,21 @@ pub struct DemoConfig {
     /// HTTP proxy (`http://host:port`) for downstream calls (absolute-form requests).
     #[arg(long = "proxy")]
     pub proxy: Option<String>,
+    /// Also serve the HTTP check of an external authorizer (Istio's sample
+    /// ext-authz behaviour, see [`ext_authz`]) on this port.
+    #[arg(long = "ext-authz-http-port")]
+    pub ext_authz_http_port: Option<u16>,
+    /// Also serve the gRPC check (`envoy.service.auth.v3.Authorization`) on this port.
+    #[arg(long = "ext-authz-grpc-port")]
+    pub ext_authz_grpc_port: Option<u16>,
+    /// The authorizer also allows requests without `x-ext-authz` whose
+    /// source principal names this service account (gRPC check only).
+    #[arg(long = "ext-authz-allow-service-account")]
+    pub ext_authz_allow_service_account: Option<String>,
+    /// Test hook of the gRPC check: an allowed request's
+    /// `x-ext-authz-mutate: <JSON>` becomes header and query mutations.
+    #[arg(long = "ext-authz-test-mutations")]
+    pub ext_authz_test_mutations: bool,
 }
 
 impl Default for DemoConfig {
@@ -72,6 +89,10 @@ impl Default for DemoConfig {
             listen_addr: IpAddr::from([127, 0, 0, 1]),
             call: Vec::new(),
             proxy: None,
+            ext_authz_http_port: None,
+            ext_authz_grpc_port: None,
+            ext_authz_allow_service_account: None,
+            ext_authz_test_mutations: false,
         }
     }
 }
@@ -101,7 +122,7 @@ const FORWARDED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-type RespBody = BoxBody<Bytes, Infallible>;
+pub(crate) type RespBody = BoxBody<Bytes, Infallible>;
 
 /// Runs all listeners of `cfg` until ctrl-c (or until the future is dropped).
 pub async fn run(cfg: DemoConfig) -> anyhow::Result<()> {
@@ -131,6 +152,17 @@ pub async fn run(cfg: DemoConfig) -> anyhow::Result<()> {
         );
         tasks.spawn(serve_tcp_on(listener, cfg.clone()));
     }
+    ext_authz::bind(
+        cfg.listen_addr,
+        cfg.ext_authz_http_port,
+        cfg.ext_authz_grpc_port,
+        ext_authz::Policy {
+            allow_service_account: cfg.ext_authz_allow_service_account.clone(),
+            test_mutations: cfg.ext_authz_test_mutations,
+        },
+        &mut tasks,
+    )
+    .await?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => { r?; }
         _ = tasks.join_next() => { anyhow::bail!("a listener stopped unexpectedly"); }
@@ -225,7 +257,7 @@ pub async fn serve_tcp_on(listener: TcpListener, cfg: Arc<DemoConfig>) {
     }
 }
 
-fn full(b: impl Into<Bytes>) -> RespBody {
+pub(crate) fn full(b: impl Into<Bytes>) -> RespBody {
     Full::new(b.into()).boxed()
 }
 
@@ -520,7 +552,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// A response body made of a fixed list of frames (data and trailers).
-struct Frames(VecDeque<Frame<Bytes>>);
+pub(crate) struct Frames(pub(crate) VecDeque<Frame<Bytes>>);
 
 impl Body for Frames {
     type Data = Bytes;
@@ -536,7 +568,7 @@ impl Body for Frames {
     }
 }
 
-fn grpc_frame(msg: &[u8]) -> Bytes {
+pub(crate) fn grpc_frame(msg: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(5 + msg.len());
     b.put_u8(0);
     b.put_u32(msg.len() as u32);
@@ -545,7 +577,7 @@ fn grpc_frame(msg: &[u8]) -> Bytes {
 }
 
 /// Splits a gRPC length-prefixed stream into messages (compression flag ignored).
-fn grpc_messages(mut buf: &[u8]) -> Vec<Bytes> {
+pub(crate) fn grpc_messages(mut buf: &[u8]) -> Vec<Bytes> {
     let mut out = Vec::new();
     while buf.len() >= 5 {
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;

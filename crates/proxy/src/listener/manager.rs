@@ -386,7 +386,7 @@ async fn run_chain<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if chain.network_rbac.is_empty() {
+    if chain.network_rbac.is_empty() && chain.network_ext_authz.is_empty() {
         run_terminal(io, &chain.terminal, down, snapshot, drain).await;
         return;
     }
@@ -401,10 +401,24 @@ async fn run_chain<IO>(
         requested_server_name: down.sni.as_deref().unwrap_or(""),
         metadata: &metadata,
     };
-    match super::network_rbac::gate(io, &chain.network_rbac, input).await {
-        Ok(io) => run_terminal(io, &chain.terminal, down, snapshot, drain).await,
-        Err(()) => tracing::debug!(remote = %down.remote, "connection closed by network RBAC"),
+    let (io, metadata) = match super::network_rbac::gate(io, &chain.network_rbac, input).await {
+        Ok(gated) => gated,
+        Err(()) => {
+            tracing::debug!(remote = %down.remote, "connection closed by network RBAC");
+            return;
+        }
+    };
+    let conn = super::network_ext_authz::Connection {
+        remote: down.remote,
+        local: down.local,
+        peer: down.peer.as_deref(),
+        sni: down.sni.as_deref(),
+    };
+    if !super::network_ext_authz::gate(&chain.network_ext_authz, conn, &metadata, &snapshot).await {
+        tracing::debug!(remote = %down.remote, "connection closed by network ext_authz");
+        return;
     }
+    run_terminal(io, &chain.terminal, down, snapshot, drain).await;
 }
 
 async fn run_terminal<IO>(

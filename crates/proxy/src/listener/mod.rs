@@ -4,6 +4,7 @@
 pub mod chain_match;
 pub mod inspect;
 mod manager;
+pub mod network_ext_authz;
 pub mod network_rbac;
 pub mod original_dst;
 pub mod peer;
@@ -45,6 +46,8 @@ pub struct CompiledChain {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `envoy.filters.network.rbac` filters before the terminal, in order.
     pub network_rbac: Vec<Arc<crate::rbac::network::NetworkRbac>>,
+    /// `envoy.filters.network.ext_authz` filters, run after the RBAC ones.
+    pub network_ext_authz: Vec<Arc<network_ext_authz::NetworkExtAuthz>>,
     pub terminal: Terminal,
 }
 
@@ -143,6 +146,12 @@ impl ListenerConfig {
         };
         if chains.is_empty() && default_chain.is_none() {
             return Err(scope.err("filter_chains", "at least one filter chain is required"));
+        }
+        // Tracing names and kinds its spans by the listener's direction.
+        for c in chains.iter().chain(default_chain.iter()) {
+            if let Terminal::Http(hcm) = &c.terminal {
+                hcm.set_traffic_direction(proto.traffic_direction);
+            }
         }
         let matchers = chains.iter().map(|c| c.matcher.clone()).collect();
         Ok(Ok(Self {
@@ -304,6 +313,7 @@ fn compile_chain(
     };
     let mut terminal = None;
     let mut network_rbac = Vec::new();
+    let mut network_ext_authz = Vec::new();
     for (i, f) in fc.filters.iter().enumerate() {
         let ffield = format!("{field}.filters[{i}]");
         let any = match &f.config_type {
@@ -323,6 +333,18 @@ fn compile_chain(
                 scope.err(at, m)
             })?;
             network_rbac.push(Arc::new(rbac));
+            continue;
+        }
+        if any.type_url == network_ext_authz::TYPE_URL {
+            let authz = network_ext_authz::NetworkExtAuthz::compile(any).map_err(|(f, m)| {
+                let at = if f.is_empty() {
+                    format!("{ffield}.typed_config")
+                } else {
+                    format!("{ffield}.typed_config.{f}")
+                };
+                scope.err(at, m)
+            })?;
+            network_ext_authz.push(Arc::new(authz));
             continue;
         }
         terminal = Some(match any.type_url.as_str() {
@@ -358,6 +380,7 @@ fn compile_chain(
         matcher,
         tls,
         network_rbac,
+        network_ext_authz,
         terminal,
     }))
 }

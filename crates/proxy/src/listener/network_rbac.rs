@@ -73,14 +73,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 }
 
 /// Waits for the first bytes (or the end of the stream) and runs the
-/// filters in order. `Ok` carries the stream to continue with; `Err(())`
+/// filters in order. `Ok` carries the stream to continue with and the
+/// dynamic metadata the filters wrote (for network ext_authz); `Err(())`
 /// means the connection is to be closed (denied, or closed by the peer
 /// before sending anything).
 pub async fn gate<IO>(
     mut io: IO,
     filters: &[Arc<NetworkRbac>],
     input: Input<'_>,
-) -> Result<Prefixed<IO>, ()>
+) -> Result<(Prefixed<IO>, DynamicMetadata), ()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -109,7 +110,7 @@ where
     if n == 0 {
         return Err(());
     }
-    Ok(Prefixed::new(Bytes::from(buf), io))
+    Ok((Prefixed::new(Bytes::from(buf), io), metadata))
 }
 
 #[cfg(test)]

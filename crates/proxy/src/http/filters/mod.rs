@@ -5,7 +5,9 @@
 //! handled by the pipeline itself.
 
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
+pub mod istio;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod rbac;
@@ -51,6 +53,10 @@ pub enum HttpFilter {
         name: String,
         config: Arc<jwt_authn::JwtAuthn>,
     },
+    ExtAuthz {
+        name: String,
+        config: Arc<ext_authz::ExtAuthz>,
+    },
     Router(RouterConfig),
 }
 
@@ -61,7 +67,8 @@ impl HttpFilter {
             | Self::Cors { name }
             | Self::LocalRateLimit { name, .. }
             | Self::Rbac { name, .. }
-            | Self::JwtAuthn { name, .. } => name,
+            | Self::JwtAuthn { name, .. }
+            | Self::ExtAuthz { name, .. } => name,
             Self::Router(_) => "envoy.filters.http.router",
         }
     }
@@ -90,6 +97,10 @@ pub fn compile_chain(
                 ));
             }
         };
+        if istio::is_istio_extension(f) {
+            // Applied by the connection manager around the chain.
+            continue;
+        }
         if f.disabled {
             // Disabled by default and enabled per route: not supported yet, and
             // skipping it silently would change behaviour.
@@ -142,6 +153,13 @@ pub fn compile_chain(
                     ),
                 }
             }
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz" => HttpFilter::ExtAuthz {
+                name: f.name.clone(),
+                config: Arc::new(
+                    ext_authz::ExtAuthz::compile(any)
+                        .map_err(|(sub, m)| scope.err(join(&typed_field, &sub), m))?,
+                ),
+            },
             _ if f.is_optional => {
                 tracing::warn!(filter = %f.name, type_url, "skipping optional HTTP filter of an unsupported type");
                 continue;
@@ -204,6 +222,7 @@ pub fn check_per_route_configs(
         let res = match filter {
             HttpFilter::Rbac { .. } => rbac::RbacFilter::compile_per_route(&any).map(|_| ()),
             HttpFilter::JwtAuthn { .. } => jwt_authn::JwtAuthn::check_per_route(&any),
+            HttpFilter::ExtAuthz { .. } => ext_authz::ExtAuthz::check_per_route(&any),
             _ => Ok(()),
         };
         res.map_err(|(f, m)| if f.is_empty() { m } else { format!("{f}: {m}") })
