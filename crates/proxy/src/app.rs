@@ -60,9 +60,12 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
         }
         node.user_agent_name = "trellis".into();
     }
-    crate::metrics::global().set_workload(crate::metrics::Workload::from_node(
-        bootstrap.node.as_ref().unwrap_or(&Default::default()),
-    ));
+    {
+        let node = bootstrap.node.clone().unwrap_or_default();
+        crate::metrics::global().set_workload(crate::metrics::Workload::from_node(&node));
+        crate::metrics::peer::set_own(&node);
+    }
+    crate::trace::set_local_info(&bootstrap);
     let admin_addr = bootstrap::admin_address(&bootstrap)?;
     let ads = bootstrap::ads_target(&bootstrap)?;
 
@@ -98,6 +101,7 @@ pub async fn run(opts: ProxyOptions, set_log_level: Option<LogLevelFn>) -> anyho
         shutdown: tokio::sync::Notify::new(),
         set_log_level,
         started: SystemTime::now(),
+        xds: std::sync::OnceLock::new(),
     });
     if let Some(addr) = admin_addr {
         let listener_state = Arc::clone(&state);

@@ -34,7 +34,6 @@ const ALWAYS_MISSING: &[&str] = &[
     "UPSTREAM_PROTOCOL",
     "UPSTREAM_FILTER_STATE",
     "LOCAL_REPLY_BODY",
-    "TRACE_ID",
     "UPSTREAM_CONNECTION_ID",
     "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
 ];
@@ -75,6 +74,7 @@ pub enum Op {
     DownstreamTlsVersion,
     RequestedServerName,
     RouteName,
+    TraceId,
     ConnectionId,
     Hostname,
     StreamId,
@@ -123,6 +123,7 @@ fn simple_op(name: &str) -> Option<Op> {
         "DOWNSTREAM_TLS_VERSION" => Op::DownstreamTlsVersion,
         "REQUESTED_SERVER_NAME" => Op::RequestedServerName,
         "ROUTE_NAME" => Op::RouteName,
+        "TRACE_ID" => Op::TraceId,
         "CONNECTION_ID" => Op::ConnectionId,
         "HOSTNAME" => Op::Hostname,
         "STREAM_ID" => Op::StreamId,
@@ -483,6 +484,7 @@ fn simple(op: Op, e: &Entry) -> Val {
         Op::DownstreamTlsVersion => opt(e.tls_version),
         Op::RequestedServerName => opt(e.requested_server_name.as_deref()),
         Op::RouteName => opt(e.route_name.as_deref()),
+        Op::TraceId => opt(e.trace_id.as_deref()),
         Op::ConnectionId => Val::Num(e.connection_id),
         Op::Hostname => opt(Some(super::hostname())),
         Op::StreamId => opt(e

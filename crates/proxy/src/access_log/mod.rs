@@ -7,6 +7,7 @@
 //! the queue is full, as Envoy's buffered file writer would rather lose lines
 //! than stall a worker.
 
+mod cel;
 mod filter;
 pub mod format;
 pub mod time;
@@ -66,6 +67,9 @@ pub struct Entry {
     pub flags: ResponseFlags,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// gRPC messages in the request and response bodies (gRPC only).
+    pub grpc_request_messages: u64,
+    pub grpc_response_messages: u64,
     pub duration: Option<Duration>,
     pub request_duration: Option<Duration>,
     pub response_duration: Option<Duration>,
@@ -81,11 +85,15 @@ pub struct Entry {
     pub downstream_direct_remote: SocketAddr,
     pub downstream_local: SocketAddr,
     pub peer: Option<Arc<PeerIdentity>>,
+    /// The peer's workload from the metadata exchange (metrics labels).
+    pub peer_workload: Option<Arc<crate::metrics::Workload>>,
     pub tls_version: Option<&'static str>,
     pub requested_server_name: Option<String>,
     pub route_name: Option<String>,
     pub connection_id: u64,
     pub dynamic_metadata: Option<DynamicMetadata>,
+    /// The active span's trace id (`%TRACE_ID%`), when the request is traced.
+    pub trace_id: Option<String>,
 }
 
 impl Entry {
@@ -106,6 +114,8 @@ impl Entry {
             flags: ResponseFlags::default(),
             bytes_received: 0,
             bytes_sent: 0,
+            grpc_request_messages: 0,
+            grpc_response_messages: 0,
             duration: None,
             request_duration: None,
             response_duration: None,
@@ -121,11 +131,13 @@ impl Entry {
             downstream_direct_remote: remote,
             downstream_local: local,
             peer: None,
+            peer_workload: None,
             tls_version: None,
             requested_server_name: None,
             route_name: None,
             connection_id: 0,
             dynamic_metadata: None,
+            trace_id: None,
         }
     }
 

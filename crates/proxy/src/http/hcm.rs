@@ -65,6 +65,12 @@ pub struct HcmConfig {
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<String>,
     pub access_logs: Vec<crate::access_log::AccessLog>,
+    /// `tracing`: spans, sampling and trace context propagation.
+    pub tracing: Option<crate::trace::HcmTracing>,
+    /// Istio's metadata exchange (`istio.metadata_exchange`), when configured.
+    pub peer_metadata: crate::metrics::peer::PeerMetadataConfig,
+    /// Istio's HTTP metrics (`istio.stats`): none without the filter.
+    pub istio_stats: Option<Arc<crate::metrics::StatsConfig>>,
 }
 
 impl HcmConfig {
@@ -96,12 +102,20 @@ impl HcmConfig {
             None => return Err(scope.err(field, "one of route_config or rds is required")),
         };
         let filters = super::filters::compile_chain(&hcm.http_filters, scope, &f("http_filters"))?;
+        let (peer_metadata, istio_stats) = super::filters::istio::settings(&hcm.http_filters)
+            .map_err(|(at, m)| scope.err(f(&format!("http_filters{at}")), m))?;
         if let RouteSource::Inline(table) = &routes {
             super::filters::check_per_route_configs(&filters, table)
                 .map_err(|(at, m)| scope.err(f(&format!("route_config.{at}")), m))?;
         }
         let access_logs =
             crate::access_log::compile_list(&hcm.access_log, scope, &f("access_log"))?;
+        let tracing = hcm
+            .tracing
+            .as_ref()
+            .map(crate::trace::HcmTracing::compile)
+            .transpose()
+            .map_err(|(at, m)| scope.err(f(&format!("tracing.{at}")), m))?;
         let common = hcm.common_http_protocol_options.unwrap_or_default();
         let server_transform = hcm.server_header_transformation;
         let server_name = if server_transform
@@ -215,6 +229,9 @@ impl HcmConfig {
                 .map(|o| o.default_host_for_http_10.clone())
                 .filter(|h| !h.is_empty()),
             access_logs,
+            tracing,
+            peer_metadata,
+            istio_stats,
         })
     }
 
@@ -223,6 +240,13 @@ impl HcmConfig {
         match &self.routes {
             RouteSource::Rds(name) => Some(name),
             RouteSource::Inline(_) => None,
+        }
+    }
+
+    /// The listener's `traffic_direction`, which names and kinds the spans.
+    pub fn set_traffic_direction(&self, direction: i32) {
+        if let Some(t) = &self.tracing {
+            t.set_traffic_direction(direction);
         }
     }
 

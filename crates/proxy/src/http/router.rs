@@ -509,6 +509,15 @@ pub(super) async fn forward(
         *req.version_mut() = http_version;
         *req.headers_mut() = headers.clone();
         state.upstream_host = Some(host.target.to_string());
+        let traced_attempt = state.trace.as_mut().map(|t| {
+            t.start_attempt(
+                req.headers_mut(),
+                cluster.name(),
+                &host.target.to_string(),
+                protocol_name(http_version),
+                retries,
+            )
+        });
         state.attempts += 1;
         tried.push(host.target.clone());
 
@@ -535,6 +544,14 @@ pub(super) async fn forward(
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ()),
             None => Ok(send.await),
         };
+        if let (Some(t), Some(a)) = (state.trace.as_mut(), traced_attempt) {
+            let (status, failure) = match &result {
+                Ok(Ok(r)) => (Some(r.status().as_u16()), None),
+                Ok(Err(e)) => (None, Some(e)),
+                Err(()) => (None, None),
+            };
+            t.end_attempt(a, cluster.name(), status, failure, &state.flags);
+        }
         let attempt_retry_permit = retry_permit.take();
         // Outlier detection hears about every attempt, before the retry decision.
         let outcome = match &result {

@@ -11,7 +11,8 @@ use hyper::body::Incoming;
 use route::{Action, RequestView, RouteTable};
 
 use super::filters::{
-    HttpFilter, PerRoute, cors, fault, jwt_authn, local_ratelimit, rbac, unwrap_per_route,
+    HttpFilter, PerRoute, cors, ext_authz, fault, jwt_authn, local_ratelimit, rbac,
+    unwrap_per_route,
 };
 use super::flags::{Flag, ResponseFlags};
 use super::hcm::{HcmConfig, RouteSource};
@@ -66,7 +67,11 @@ pub struct RequestState {
     pub upstream_response: Option<Instant>,
     /// Local address of the upstream connection that answered.
     pub upstream_local: Option<SocketAddr>,
+    /// The request's trace, when the connection manager traces.
+    pub trace: Option<Box<crate::trace::RequestTrace>>,
     pub attempts: u32,
+    /// The peer's workload from Istio's metadata exchange.
+    pub peer_workload: Option<Arc<crate::metrics::Workload>>,
 }
 
 impl RequestState {
@@ -89,15 +94,24 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         transport_failure: None,
         upstream_response: None,
         upstream_local: None,
+        trace: None,
         attempts: 0,
+        peer_workload: None,
     };
     let start_time = SystemTime::now();
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
     // Counted even without access logs: the Istio metrics need the sizes.
-    let (body, progress) = super::log::count_request(body::incoming(body), state.start);
+    let (body, progress) = super::log::count_request(body::incoming(body), state.start, state.grpc);
     state.downstream_remote = final_remote_address(&conn, &parts.headers);
     let request_id = prepare_request(&conn, &mut parts.headers);
+    let exchange = hcm.peer_metadata;
+    if exchange.downstream_discovery {
+        state.peer_workload = crate::metrics::peer::discover(&mut parts.headers);
+    }
+    if exchange.upstream_propagation {
+        crate::metrics::peer::propagate(&mut parts.headers);
+    }
     // The stream idles out while it waits for response headers: Envoy then
     // answers 504 "stream timeout" (the request itself has been received;
     // `request_timeout` only bounds receiving it, which hyper does).
@@ -114,6 +128,17 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
             local_reply::reply(StatusCode::GATEWAY_TIMEOUT, "stream timeout", state.grpc)
         }
     };
+    if exchange.upstream_discovery
+        && let Some(w) = crate::metrics::peer::discover(resp.headers_mut())
+    {
+        state.peer_workload = Some(w);
+    }
+    if exchange.downstream_propagation {
+        crate::metrics::peer::propagate(resp.headers_mut());
+    }
+    if let Some(t) = state.trace.as_mut() {
+        t.on_response(resp.headers_mut(), &parts.headers);
+    }
     finish_response(&hcm, &mut resp, request_id.as_ref());
     if parts.version == http::Version::HTTP_10 && !wants_keep_alive(&parts.headers) {
         resp.headers_mut()
@@ -147,6 +172,35 @@ fn log_when_sent(
     } else {
         SocketAddr::new(state.downstream_remote, 0)
     };
+    let mut state = state;
+    let trace_id = state.trace.as_ref().and_then(|t| t.trace_id());
+    let finishing = state.trace.take().filter(|t| t.sampled()).and_then(|t| {
+        let authority = authority_of(parts);
+        t.prepare_finish(&crate::trace::Finish {
+            headers: &parts.headers,
+            method: parts.method.as_str(),
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority: authority.as_deref(),
+            protocol: router::protocol_name(parts.version),
+            peer: conn.remote.ip(),
+            status: resp.status().as_u16(),
+            flags: state.flags.to_string(),
+            cluster: state
+                .cluster
+                .clone()
+                .filter(|_| !state.flags.has(Flag::NoClusterFound)),
+            grpc: state.grpc,
+            grpc_status: super::log::grpc_status(resp.headers()),
+            grpc_message: resp
+                .headers()
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            request: &progress,
+            snapshot: &conn.snapshot,
+            metadata: Some(&state.dynamic_metadata),
+        })
+    });
     let mut entry = crate::access_log::Entry::connection(downstream_remote, conn.local, start_time);
     let full = !conn.hcm.access_logs.is_empty();
     entry.downstream_direct_remote = conn.remote;
@@ -176,10 +230,12 @@ fn log_when_sent(
     entry.upstream_transport_failure_reason = state.transport_failure;
     entry.attempt_count = state.attempts;
     entry.peer = conn.peer.clone();
+    entry.peer_workload = state.peer_workload;
     entry.requested_server_name = conn.requested_server_name.clone();
     entry.route_name = state.route_name;
     entry.connection_id = conn.connection_id;
     entry.dynamic_metadata = Some(state.dynamic_metadata);
+    entry.trace_id = trace_id;
     let pending = super::log::Pending {
         hcm: Arc::clone(&conn.hcm),
         entry,
@@ -188,6 +244,10 @@ fn log_when_sent(
         upstream_response: state.upstream_response,
         grpc: state.grpc,
         grpc_status: super::log::grpc_status(resp.headers()),
+    };
+    let resp = match finishing {
+        Some(f) => resp.map(|b| crate::trace::finish_on_completion(b, f)),
+        None => resp,
     };
     resp.map(|b| super::log::log_on_completion(b, pending))
 }
@@ -354,7 +414,7 @@ fn strip_port(host: &str, local_port: u16, any: bool) -> &str {
 async fn route_and_forward(
     conn: &Arc<ConnInfo>,
     parts: &mut http::request::Parts,
-    body: Body,
+    mut body: Body,
     state: &mut RequestState,
 ) -> Result<Response<Body>, Response<Body>> {
     let hcm = &conn.hcm;
@@ -425,7 +485,23 @@ async fn route_and_forward(
         headers: &parts.headers,
         scheme,
     };
-    let Some(selected) = table.find(&view, rand::random()) else {
+    let found = table.find(&view, rand::random());
+    if let Some(tracing) = &hcm.tracing {
+        state.trace = Some(crate::trace::begin(crate::trace::Begin {
+            tracing,
+            internal: parts
+                .headers
+                .get(&X_ENVOY_INTERNAL)
+                .is_some_and(|v| v == "true"),
+            headers: &mut parts.headers,
+            route: found.as_ref().map(|s| s.route),
+            host: &authority,
+            start: SystemTime::now()
+                .checked_sub(state.start.elapsed())
+                .unwrap_or_else(SystemTime::now),
+        }));
+    }
+    let Some(selected) = found else {
         state.flags.set(Flag::NoRouteFound);
         state.detail("route_not_found");
         return Err(local_reply::reply(StatusCode::NOT_FOUND, "", grpc));
@@ -436,6 +512,7 @@ async fn route_and_forward(
 
     // Filters before the router, in chain order.
     let mut response_decorations: Option<HeaderMap> = None;
+    let mut ext_authz_response_headers: Vec<ext_authz::HeaderMutation> = Vec::new();
     let forward_cluster: Option<String> = selected.cluster.as_ref().map(|c| c.name.to_string());
     for filter in &hcm.filters {
         let per_route = selected
@@ -583,6 +660,55 @@ async fn route_and_forward(
                     return Err(resp);
                 }
             }
+            HttpFilter::ExtAuthz { config, .. } => {
+                let route_any = per_route.as_ref().and_then(|p| per_route_any(p));
+                // The virtual host's settings too when the route has its own:
+                // ext_authz merges their context extensions.
+                let vhost_any = selected
+                    .route
+                    .typed_per_filter_config
+                    .contains_key(filter.name())
+                    .then(|| {
+                        selected
+                            .virtual_host
+                            .typed_per_filter_config
+                            .get(filter.name())
+                    })
+                    .flatten()
+                    .and_then(|a| match unwrap_per_route(a) {
+                        Ok(PerRoute::Config(c)) => Some(c),
+                        Ok(PerRoute::Borrowed(b)) => Some(b.clone()),
+                        _ => None,
+                    });
+                let req = ext_authz::Request {
+                    parts: &mut *parts,
+                    body: &mut body,
+                    authority: &authority,
+                    path: &path_and_query,
+                    scheme,
+                    remote: conn.remote,
+                    local: conn.local,
+                    peer: conn.peer.as_deref(),
+                    requested_server_name: conn.requested_server_name.as_deref(),
+                    metadata: &mut state.dynamic_metadata,
+                    snapshot: &conn.snapshot,
+                    grpc,
+                };
+                match config.run(route_any, vhost_any.as_ref(), req).await {
+                    ext_authz::Verdict::Continue(h) => ext_authz_response_headers.extend(h),
+                    ext_authz::Verdict::Respond {
+                        response,
+                        details,
+                        unauthorized,
+                    } => {
+                        if unauthorized {
+                            state.flags.set(Flag::UnauthorizedExternalService);
+                        }
+                        state.detail(details);
+                        return Err(response);
+                    }
+                }
+            }
             HttpFilter::Router(_) => {}
         }
     }
@@ -651,6 +777,7 @@ async fn route_and_forward(
         protocol: router::protocol_name(parts.version),
     };
     table.apply_response_headers(&selected, resp.headers_mut(), &fmt);
+    ext_authz::apply_response_headers(resp.headers_mut(), &ext_authz_response_headers);
     Ok(resp)
 }
 
