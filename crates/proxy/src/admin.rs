@@ -31,6 +31,8 @@ pub struct AdminState {
     pub shutdown: tokio::sync::Notify,
     pub set_log_level: Option<LogLevelFn>,
     pub started: SystemTime,
+    /// The ADS client's state (set when ADS starts).
+    pub xds: std::sync::OnceLock<crate::health_stats::XdsStatus>,
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<()> {
@@ -319,6 +321,11 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
         ));
     }
     out.extend(rbac_stats(state));
+    crate::trace::stat_values(&mut out);
+    if let Some(xds) = state.xds.get() {
+        crate::health_stats::xds_stats(xds, &mut out);
+    }
+    crate::health_stats::cert_stats(&state.store, &mut out);
     out.push((
         "server.live".into(),
         u64::from(state.ready.load(Ordering::Relaxed)),
@@ -330,7 +337,7 @@ fn stat_values(state: &AdminState) -> Vec<(String, u64)> {
     out
 }
 
-/// RBAC filter counters of the active listeners; equal names add up, as
+/// RBAC and ext_authz filter counters of the active listeners; equal names add up, as
 /// Envoy's shared stat scopes do.
 fn rbac_stats(state: &AdminState) -> Vec<(String, u64)> {
     use crate::http::filters::HttpFilter;
@@ -342,10 +349,19 @@ fn rbac_stats(state: &AdminState) -> Vec<(String, u64)> {
             for net in &chain.network_rbac {
                 values.extend(net.stat_values());
             }
+            for net in &chain.network_ext_authz {
+                values.extend(net.stat_values());
+            }
             if let Terminal::Http(hcm) = &chain.terminal {
                 for f in &hcm.filters {
-                    if let HttpFilter::Rbac { config, .. } = f {
-                        values.extend(config.stat_values(&hcm.stat_prefix));
+                    match f {
+                        HttpFilter::Rbac { config, .. } => {
+                            values.extend(config.stat_values(&hcm.stat_prefix));
+                        }
+                        HttpFilter::ExtAuthz { config, .. } => {
+                            values.extend(config.stat_values(&hcm.stat_prefix));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -447,6 +463,10 @@ fn is_gauge(metric: &str) -> bool {
         || metric.starts_with("envoy_cluster_membership_")
         || metric == "envoy_server_live"
         || metric == "envoy_server_uptime"
+        || metric == "envoy_control_plane_connected_state"
+        || metric.starts_with("envoy_server_days_until")
+        || metric.starts_with("envoy_server_seconds_until")
+        || metric.starts_with("envoy_trellis_xds_")
 }
 
 fn clusters_text(state: &AdminState) -> String {

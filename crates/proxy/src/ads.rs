@@ -88,6 +88,7 @@ pub(crate) fn start(
         interest.set_interest(type_url, names);
     }));
     let mut status = handle.watch_status();
+    let _ = admin.xds.set(status.clone());
     tokio::spawn(async move {
         // Keep the client alive for the life of the process: dropping every
         // handle stops it.

@@ -48,6 +48,12 @@ pub struct Identity {
     /// `host:port` of the control plane's TLS endpoint (Istio's 15012):
     /// when set, ADS goes there over mTLS with the workload certificate.
     pub secure_xds_address: Option<String>,
+    /// Istio's 15090: a static listener serving the proxy's
+    /// `/stats/prometheus` (from the admin server) for Prometheus.
+    pub stats_port: Option<u16>,
+    /// Istio's 15020, served by the agent (merged metrics, readiness);
+    /// here only to be announced in the node metadata.
+    pub agent_port: Option<u16>,
 }
 
 /// The name the control plane's serving certificate carries (Istio's).
@@ -73,10 +79,17 @@ impl Identity {
         m.insert("SERVICE_ACCOUNT".into(), json!(self.service_account));
         m.insert("INSTANCE_IPS".into(), json!(self.ip));
         m.insert("WORKLOAD_NAME".into(), json!(self.name));
+        m.insert("NAME".into(), json!(self.name));
         m.insert(
             "TRELLIS_ADMIN_PORT".into(),
             json!(self.admin_port.to_string()),
         );
+        if let Some(p) = self.stats_port {
+            m.insert("TRELLIS_STATS_PORT".into(), json!(p.to_string()));
+        }
+        if let Some(p) = self.agent_port {
+            m.insert("TRELLIS_AGENT_PORT".into(), json!(p.to_string()));
+        }
         if let Some(local) = &self.local {
             m.insert("TRELLIS_LOCAL".into(), json!("true"));
             if let Some(p) = local.outbound {
@@ -162,6 +175,9 @@ impl Identity {
                     "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
             }]},
         });
+        if let Some(port) = self.stats_port {
+            self.add_stats_listener(&mut b, port);
+        }
         if self.secure_xds_address.is_some()
             && let Some(cluster) = b.pointer_mut("/static_resources/clusters/0")
             && let Some(obj) = cluster.as_object_mut()
@@ -169,6 +185,56 @@ impl Identity {
             obj.insert("transport_socket".into(), Self::xds_transport_socket());
         }
         Ok(b)
+    }
+
+    /// Istio's `prometheus_stats` listener: `/stats/prometheus` on `port`,
+    /// proxied to the admin server (which is never exposed itself).
+    fn add_stats_listener(&self, b: &mut Value, port: u16) {
+        let bind = if self.local.is_some() {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        };
+        let listener = json!({
+            "name": "prometheus_stats",
+            "address": {"socket_address": {"address": bind, "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "stats",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "backend", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/stats/prometheus"},
+                                    "route": {"cluster": "prometheus_stats"}}],
+                    }]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        });
+        let cluster = json!({
+            "name": "prometheus_stats",
+            "type": "STATIC",
+            "connect_timeout": "0.250s",
+            "load_assignment": {"cluster_name": "prometheus_stats", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}}}]}]},
+        });
+        if let Some(res) = b
+            .pointer_mut("/static_resources")
+            .and_then(Value::as_object_mut)
+        {
+            if let Some(l) = res
+                .entry("listeners")
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+            {
+                l.push(listener);
+            }
+            if let Some(c) = res.get_mut("clusters").and_then(Value::as_array_mut) {
+                c.push(cluster);
+            }
+        }
     }
 
     /// The bootstrap for a stock Envoy: as [`Self::bootstrap_json`] plus the

@@ -18,10 +18,11 @@
 //! Istio's defaults), SERVICE_ACCOUNT (the SPIFFE principal) and CLUSTER_ID
 //! (`Kubernetes` by default). Outbound, the destination service is the host of
 //! the `outbound|<port>|<subset>|<host>` cluster; the peer workload is
-//! `unknown` (no metadata exchange). Inbound, the source principal (and its
-//! namespace) is the mTLS peer certificate's SPIFFE id and the destination
-//! service comes from the request authority when it names a Kubernetes
-//! service.
+//! what the metadata exchange ([`peer`]) told, else `unknown`. Inbound, the
+//! source principal (and its namespace) is the mTLS peer certificate's SPIFFE
+//! id, the rest of the source from the metadata exchange, and the
+//! destination service comes from the request authority when it names a
+//! Kubernetes service.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -31,7 +32,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use envoy_types::pb::google::protobuf::Struct;
 
 use crate::access_log::Entry;
 use crate::http::flags::ResponseFlags;
@@ -114,27 +115,19 @@ impl Default for Workload {
 impl Workload {
     /// From Istio's node metadata.
     pub fn from_node(node: &Node) -> Self {
-        let Some(md) = &node.metadata else {
-            return Self::default();
-        };
-        let s = |k: &str| match md.fields.get(k).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
-        };
-        let mut labels = BTreeMap::new();
-        if let Some(Some(Kind::StructValue(Struct { fields }))) =
-            md.fields.get("LABELS").map(|v| v.kind.as_ref())
-        {
-            for (k, v) in fields {
-                if let Some(Kind::StringValue(s)) = &v.kind {
-                    labels.insert(k.clone(), s.clone());
-                }
-            }
+        match &node.metadata {
+            Some(md) => Self::from_metadata(md),
+            None => Self::default(),
         }
+    }
+
+    /// From node metadata (ours, or a peer's from the metadata exchange).
+    pub fn from_metadata(md: &Struct) -> Self {
+        let s = |k: &str| peer::string_field(md, k);
         Self::from_parts(
             s("WORKLOAD_NAME"),
             s("NAMESPACE"),
-            &labels,
+            &peer::labels_of(md),
             s("SERVICE_ACCOUNT"),
             s("TRUST_DOMAIN"),
             s("CLUSTER_ID"),
@@ -304,6 +297,11 @@ struct KeyRef<'a> {
     authority: &'a str,
     /// Inbound only: the peer certificate's principal.
     peer: &'a str,
+    /// The peer's workload from the metadata exchange, by address: equal
+    /// workloads share one interned value ([`peer`]).
+    peer_workload: usize,
+    /// The `istio.stats` config, by address (interned, [`overrides`]).
+    stats: usize,
     mtls: bool,
     protocol: &'static str,
     code: u16,
@@ -317,6 +315,9 @@ struct OwnedKey {
     cluster: Box<str>,
     authority: Box<str>,
     peer: Box<str>,
+    /// Keeps the interned workload (and so its address) alive.
+    peer_workload: Option<Arc<Workload>>,
+    stats: Option<Arc<StatsConfig>>,
     mtls: bool,
     protocol: &'static str,
     code: u16,
@@ -325,12 +326,18 @@ struct OwnedKey {
 }
 
 impl OwnedKey {
-    fn of(k: &KeyRef<'_>) -> Self {
+    fn of(
+        k: &KeyRef<'_>,
+        peer_workload: Option<&Arc<Workload>>,
+        stats: Option<&Arc<StatsConfig>>,
+    ) -> Self {
         Self {
             reporter: k.reporter,
             cluster: k.cluster.into(),
             authority: k.authority.into(),
             peer: k.peer.into(),
+            peer_workload: peer_workload.cloned(),
+            stats: stats.cloned(),
             mtls: k.mtls,
             protocol: k.protocol,
             code: k.code,
@@ -345,6 +352,11 @@ impl OwnedKey {
             cluster: &self.cluster,
             authority: &self.authority,
             peer: &self.peer,
+            peer_workload: self
+                .peer_workload
+                .as_ref()
+                .map_or(0, |w| Arc::as_ptr(w) as usize),
+            stats: self.stats.as_ref().map_or(0, |w| Arc::as_ptr(w) as usize),
             mtls: self.mtls,
             protocol: self.protocol,
             code: self.code,
@@ -402,10 +414,35 @@ impl Histogram {
 struct HttpSeries {
     key: OwnedKey,
     labels: String,
+    /// The labels before overrides, kept only when the connection
+    /// manager's `istio.stats` config changes them.
+    pairs: Option<Vec<(String, String)>>,
     requests: AtomicU64,
+    request_messages: AtomicU64,
+    response_messages: AtomicU64,
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+}
+
+impl HttpSeries {
+    /// This series' labels in `family`, `None` when the family is dropped.
+    fn labels_for(&self, family: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let Some(stats) = &self.key.stats else {
+            return Some(self.labels.as_str().into());
+        };
+        if stats.drops(family) {
+            return None;
+        }
+        match &self.pairs {
+            None => Some(self.labels.as_str().into()),
+            Some(pairs) => {
+                let mut pairs = pairs.clone();
+                stats.apply(family, &mut pairs);
+                Some(join_labels(&pairs).into())
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -493,16 +530,24 @@ pub struct HttpSample<'a> {
     pub cluster: Option<&'a str>,
     pub authority: Option<&'a str>,
     pub peer_principal: Option<&'a str>,
+    /// Who the peer is, from the metadata exchange.
+    pub peer_workload: Option<&'a Arc<Workload>>,
+    /// The connection manager's `istio.stats` overrides.
+    pub stats: Option<&'a Arc<StatsConfig>>,
     pub grpc: bool,
     pub code: u16,
     pub grpc_status: Option<u16>,
     pub flags: ResponseFlags,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// gRPC messages each way (gRPC only).
+    pub request_messages: u64,
+    pub response_messages: u64,
     pub duration: Duration,
 }
 
 type HistogramOf = fn(&HttpSeries) -> &Histogram;
+type CounterOfHttp = fn(&HttpSeries) -> &AtomicU64;
 type CounterOf = fn(&TcpSeries) -> &AtomicU64;
 
 /// The process's Istio metrics.
@@ -553,6 +598,9 @@ impl Metrics {
     }
 
     pub fn record_http(&self, s: &HttpSample<'_>) {
+        if s.stats.is_some_and(|c| c.drops_all_http()) {
+            return;
+        }
         let reporter = Reporter::of(s.prefix, s.cluster);
         let inbound = reporter == Reporter::Destination;
         let key = KeyRef {
@@ -568,6 +616,8 @@ impl Metrics {
             } else {
                 ""
             },
+            peer_workload: s.peer_workload.map_or(0, |w| Arc::as_ptr(w) as usize),
+            stats: s.stats.map_or(0, |c| Arc::as_ptr(c) as usize),
             mtls: inbound && s.peer_principal.is_some(),
             protocol: if s.grpc { "grpc" } else { "http" },
             code: s.code,
@@ -575,19 +625,33 @@ impl Metrics {
             flags: s.flags,
         };
         let hash = self.hash(&key);
-        let series = self.http.get_or_insert(hash, &key, || HttpSeries {
-            labels: render_labels(&self.own(), &key),
-            key: OwnedKey::of(&key),
-            requests: AtomicU64::new(0),
-            duration: Histogram::new(),
-            request_bytes: Histogram::new(),
-            response_bytes: Histogram::new(),
+        let series = self.http.get_or_insert(hash, &key, || {
+            let pairs = label_pairs(&self.own(), &key, s.peer_workload.map(|w| &**w));
+            HttpSeries {
+                labels: join_labels(&pairs),
+                pairs: s.stats.filter(|c| !c.is_identity()).map(|_| pairs),
+                key: OwnedKey::of(&key, s.peer_workload, s.stats),
+                requests: AtomicU64::new(0),
+                request_messages: AtomicU64::new(0),
+                response_messages: AtomicU64::new(0),
+                duration: Histogram::new(),
+                request_bytes: Histogram::new(),
+                response_bytes: Histogram::new(),
+            }
         });
         let Some(series) = series else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         series.requests.fetch_add(1, Ordering::Relaxed);
+        if s.grpc {
+            series
+                .request_messages
+                .fetch_add(s.request_messages, Ordering::Relaxed);
+            series
+                .response_messages
+                .fetch_add(s.response_messages, Ordering::Relaxed);
+        }
         series
             .duration
             .observe_milli(s.duration.as_micros().min(u128::from(u64::MAX)) as u64);
@@ -600,18 +664,29 @@ impl Metrics {
     }
 
     /// An HTTP entry from the access-log path.
-    pub fn record_entry(&self, prefix: &str, e: &Entry, grpc: bool, grpc_status: Option<u16>) {
+    pub fn record_entry(
+        &self,
+        prefix: &str,
+        stats: &Arc<StatsConfig>,
+        e: &Entry,
+        grpc: bool,
+        grpc_status: Option<u16>,
+    ) {
         self.record_http(&HttpSample {
+            stats: Some(stats),
             prefix,
             cluster: e.upstream_cluster.as_deref(),
             authority: e.authority.as_deref(),
             peer_principal: e.peer.as_deref().map(|p| p.principal()),
+            peer_workload: e.peer_workload.as_ref(),
             grpc,
             code: e.response_code.unwrap_or(0),
             grpc_status,
             flags: e.flags,
             request_bytes: e.bytes_received,
             response_bytes: e.bytes_sent,
+            request_messages: e.grpc_request_messages,
+            response_messages: e.grpc_response_messages,
             duration: e.duration.unwrap_or_default(),
         });
     }
@@ -630,6 +705,8 @@ impl Metrics {
             cluster,
             authority: "",
             peer: if inbound { peer.unwrap_or("") } else { "" },
+            peer_workload: 0,
+            stats: 0,
             mtls: inbound && peer.is_some(),
             protocol: "tcp",
             code: 0,
@@ -638,8 +715,8 @@ impl Metrics {
         };
         let hash = self.hash(&key);
         let s = self.tcp.get_or_insert(hash, &key, || TcpSeries {
-            labels: render_labels(&self.own(), &key),
-            key: OwnedKey::of(&key),
+            labels: join_labels(&label_pairs(&self.own(), &key, None)),
+            key: OwnedKey::of(&key, None, None),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             opened: AtomicU64::new(0),
@@ -685,18 +762,40 @@ impl Metrics {
         if !http.is_empty() {
             let _ = writeln!(out, "# TYPE istio_requests_total counter");
             for s in &http {
-                let v = s.requests.load(Ordering::Relaxed);
-                let _ = writeln!(out, "istio_requests_total{{{}}} {v}", s.labels);
+                if let Some(labels) = s.labels_for("requests_total") {
+                    let v = s.requests.load(Ordering::Relaxed);
+                    let _ = writeln!(out, "istio_requests_total{{{labels}}} {v}");
+                }
+            }
+            let messages: [(&str, CounterOfHttp); 2] = [
+                ("request_messages_total", |s| &s.request_messages),
+                ("response_messages_total", |s| &s.response_messages),
+            ];
+            for (family, c) in messages {
+                let grpc: Vec<_> = http.iter().filter(|s| s.key.protocol == "grpc").collect();
+                if grpc.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "# TYPE istio_{family} counter");
+                for s in grpc {
+                    if let Some(labels) = s.labels_for(family) {
+                        let v = c(s).load(Ordering::Relaxed);
+                        let _ = writeln!(out, "istio_{family}{{{labels}}} {v}");
+                    }
+                }
             }
             let hists: [(&str, HistogramOf); 3] = [
-                ("istio_request_duration_milliseconds", |s| &s.duration),
-                ("istio_request_bytes", |s| &s.request_bytes),
-                ("istio_response_bytes", |s| &s.response_bytes),
+                ("request_duration_milliseconds", |s| &s.duration),
+                ("request_bytes", |s| &s.request_bytes),
+                ("response_bytes", |s| &s.response_bytes),
             ];
-            for (name, h) in hists {
+            for (family, h) in hists {
+                let name = format!("istio_{family}");
                 let _ = writeln!(out, "# TYPE {name} histogram");
                 for s in &http {
-                    h(s).render(out, name, &s.labels);
+                    if let Some(labels) = s.labels_for(family) {
+                        h(s).render(out, &name, &labels);
+                    }
                 }
             }
         }
@@ -735,12 +834,19 @@ pub fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-/// Istio's labels for `key` seen by `own`, without braces.
-fn render_labels(own: &Workload, key: &KeyRef<'_>) -> String {
-    let unknown = Workload::default();
-    let mut peer = unknown.clone();
+/// Istio's labels for `key` seen by `own`, in Istio's order.
+fn label_pairs(
+    own: &Workload,
+    key: &KeyRef<'_>,
+    exchanged: Option<&Workload>,
+) -> Vec<(String, String)> {
+    let mut peer = exchanged.cloned().unwrap_or_default();
     let inbound = key.reporter == Reporter::Destination;
     let service = if inbound {
+        // The certificate is authoritative for who the client is; the
+        // exchanged metadata adds what it cannot say (workload, app...);
+        // without a certificate, a claimed principal is not reported.
+        peer.principal = UNKNOWN.to_string();
         if !key.peer.is_empty() {
             peer.principal = key.peer.to_string();
             if let Some(ns) = spiffe_namespace(key.peer) {
@@ -789,6 +895,14 @@ fn render_labels(own: &Workload, key: &KeyRef<'_>) -> String {
     }
     pairs.push(("response_flags", &flags));
     pairs.push(("connection_security_policy", policy));
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `k="v",...` for a series' labels.
+fn join_labels(pairs: &[(String, String)]) -> String {
     let mut out = String::with_capacity(1024);
     for (i, (k, v)) in pairs.iter().enumerate() {
         if i > 0 {
@@ -798,6 +912,21 @@ fn render_labels(own: &Workload, key: &KeyRef<'_>) -> String {
     }
     out
 }
+
+pub mod overrides;
+pub mod peer;
+
+pub use overrides::StatsConfig;
+
+/// Istio's HTTP metric families (without `istio_`).
+pub const HTTP_FAMILIES: [&str; 6] = [
+    "requests_total",
+    "request_duration_milliseconds",
+    "request_bytes",
+    "response_bytes",
+    "request_messages_total",
+    "response_messages_total",
+];
 
 #[cfg(test)]
 mod tests;

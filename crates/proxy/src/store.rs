@@ -431,6 +431,18 @@ impl ConfigStore {
     }
 }
 
+impl State {
+    /// Every secret the proxy holds: static, local (the workload
+    /// certificate) and from SDS.
+    pub fn every_secret(&self) -> impl Iterator<Item = &Secret> {
+        self.static_secrets
+            .values()
+            .chain(self.local_secrets.values())
+            .chain(self.secrets.values())
+            .map(|v| &v.resource)
+    }
+}
+
 /// Secrets this proxy has without asking the control plane.
 fn is_local_secret(state: &State, name: &str) -> bool {
     state.static_secrets.contains_key(name) || state.local_secrets.contains_key(name)

@@ -32,6 +32,8 @@ pub(crate) enum Filter {
     Header(HeaderMatcher),
     /// Any of these flags; empty means any flag at all.
     ResponseFlag(Vec<Flag>),
+    /// Envoy's CEL extension filter.
+    Cel(expr::Expr),
 }
 
 type Error = (String, String);
@@ -148,8 +150,25 @@ impl Filter {
             Some(FilterSpecifier::GrpcStatusFilter(_)) => {
                 return Err((".grpc_status_filter".into(), "is not supported".into()));
             }
-            Some(FilterSpecifier::ExtensionFilter(_)) => {
-                return Err((".extension_filter".into(), "is not supported".into()));
+            Some(FilterSpecifier::ExtensionFilter(x)) => {
+                use envoy_types::pb::envoy::config::accesslog::v3::extension_filter::ConfigType;
+                match &x.config_type {
+                    Some(ConfigType::TypedConfig(any))
+                        if any.type_url.rsplit('/').next() == Some(super::cel::TYPE) =>
+                    {
+                        Self::Cel(
+                            super::cel::compile(any).map_err(|(f, m)| {
+                                (format!(".extension_filter.typed_config{f}"), m)
+                            })?,
+                        )
+                    }
+                    _ => {
+                        return Err((
+                            ".extension_filter".into(),
+                            "only the CEL extension filter is supported".into(),
+                        ));
+                    }
+                }
             }
             Some(FilterSpecifier::MetadataFilter(_)) => {
                 return Err((".metadata_filter".into(), "is not supported".into()));
@@ -191,6 +210,7 @@ impl Filter {
                 m.matches(Some(&view))
             }
             Self::ResponseFlag(flags) => flag_match(&e.flags, flags),
+            Self::Cel(x) => super::cel::matches(x, e),
         }
     }
 }

@@ -13,6 +13,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::flags::Flag;
+use super::grpc_frames::FrameCounter;
 use super::hcm::HcmConfig;
 use crate::access_log::{Entry, log_all};
 use crate::body::{Body, BoxError};
@@ -21,6 +22,8 @@ use crate::body::{Body, BoxError};
 #[derive(Debug, Default)]
 pub(crate) struct RequestProgress {
     bytes: AtomicU64,
+    /// gRPC messages (gRPC requests only).
+    messages: AtomicU64,
     /// Nanoseconds from the stream's start to the body's end, plus one (0: not ended).
     ended: AtomicU64,
 }
@@ -28,6 +31,10 @@ pub(crate) struct RequestProgress {
 impl RequestProgress {
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
     }
 
     pub(crate) fn ended(&self) -> Option<Duration> {
@@ -51,11 +58,16 @@ pin_project_lite::pin_project! {
         inner: Body,
         progress: Arc<RequestProgress>,
         start: Instant,
+        frames: Option<FrameCounter>,
     }
 }
 
 /// The downstream request body, counted.
-pub(crate) fn count_request(body: Body, start: Instant) -> (Body, Arc<RequestProgress>) {
+pub(crate) fn count_request(
+    body: Body,
+    start: Instant,
+    grpc: bool,
+) -> (Body, Arc<RequestProgress>) {
     let progress = Arc::new(RequestProgress::default());
     if body.is_end_stream() {
         progress.end(start);
@@ -64,6 +76,7 @@ pub(crate) fn count_request(body: Body, start: Instant) -> (Body, Arc<RequestPro
         inner: body,
         progress: Arc::clone(&progress),
         start,
+        frames: grpc.then(FrameCounter::default),
     };
     (counted.boxed(), progress)
 }
@@ -84,6 +97,12 @@ impl http_body::Body for CountedRequest {
                     this.progress
                         .bytes
                         .fetch_add(d.len() as u64, Ordering::Relaxed);
+                    if let Some(frames) = this.frames.as_mut() {
+                        frames.feed(d);
+                        this.progress
+                            .messages
+                            .store(frames.messages(), Ordering::Relaxed);
+                    }
                 }
                 if f.is_trailers() {
                     this.progress.end(*this.start);
@@ -127,11 +146,19 @@ pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
 }
 
 impl Pending {
-    fn finish(mut self, sent: u64, trailers: Option<http::HeaderMap>, complete: bool) {
+    fn finish(
+        mut self,
+        sent: u64,
+        trailers: Option<http::HeaderMap>,
+        complete: bool,
+        frames: Option<&FrameCounter>,
+    ) {
         let now = Instant::now();
         let e = &mut self.entry;
         e.bytes_sent = sent;
         e.bytes_received = self.request.bytes();
+        e.grpc_request_messages = self.request.messages();
+        e.grpc_response_messages = frames.map_or(0, FrameCounter::messages);
         e.duration = Some(now - self.start);
         e.request_duration = self.request.ended();
         e.response_duration = self.upstream_response.map(|t| t - self.start);
@@ -145,7 +172,15 @@ impl Pending {
             e.flags.set(Flag::DownstreamConnectionTermination);
         }
         let grpc_status = trailers_status(e.response_trailers.as_ref()).or(self.grpc_status);
-        crate::metrics::global().record_entry(&self.hcm.stat_prefix, e, self.grpc, grpc_status);
+        if let Some(stats) = &self.hcm.istio_stats {
+            crate::metrics::global().record_entry(
+                &self.hcm.stat_prefix,
+                stats,
+                e,
+                self.grpc,
+                grpc_status,
+            );
+        }
         if !self.hcm.access_logs.is_empty() {
             log_all(&self.hcm.access_logs, e);
         }
@@ -159,6 +194,7 @@ pin_project_lite::pin_project! {
         pending: Option<Pending>,
         sent: u64,
         trailers: Option<http::HeaderMap>,
+        frames: Option<FrameCounter>,
     }
 
     impl PinnedDrop for Logged {
@@ -166,7 +202,7 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(p) = this.pending.take() {
                 let complete = this.inner.is_end_stream();
-                p.finish(*this.sent, this.trailers.take(), complete);
+                p.finish(*this.sent, this.trailers.take(), complete, this.frames.as_ref());
             }
         }
     }
@@ -174,11 +210,13 @@ pin_project_lite::pin_project! {
 
 /// Wraps the response body so that the entry is logged when it ends.
 pub(crate) fn log_on_completion(body: Body, pending: Pending) -> Body {
+    let frames = pending.grpc.then(FrameCounter::default);
     Logged {
         inner: body,
         pending: Some(pending),
         sent: 0,
         trailers: None,
+        frames,
     }
     .boxed()
 }
@@ -197,13 +235,16 @@ impl http_body::Body for Logged {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     *this.sent += d.len() as u64;
+                    if let Some(frames) = this.frames.as_mut() {
+                        frames.feed(d);
+                    }
                 } else if let Some(t) = f.trailers_ref() {
                     *this.trailers = Some(t.clone());
                 }
             }
             Poll::Ready(None) => {
                 if let Some(p) = this.pending.take() {
-                    p.finish(*this.sent, this.trailers.take(), true);
+                    p.finish(*this.sent, this.trailers.take(), true, this.frames.as_ref());
                 }
             }
             Poll::Ready(Some(Err(e))) => {
@@ -216,7 +257,7 @@ impl http_body::Body for Logged {
                     } else {
                         Flag::UpstreamRemoteReset
                     });
-                    p.finish(*this.sent, this.trailers.take(), true);
+                    p.finish(*this.sent, this.trailers.take(), true, this.frames.as_ref());
                 }
             }
             Poll::Pending => {}

@@ -3,6 +3,7 @@
 
 pub mod filters;
 pub mod flags;
+pub(crate) mod grpc_frames;
 pub mod hcm;
 pub mod local_reply;
 pub(crate) mod log;

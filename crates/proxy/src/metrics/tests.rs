@@ -318,12 +318,16 @@ fn sample<'a>(prefix: &'a str, cluster: &'a str, code: u16, ms: u64) -> HttpSamp
         cluster: Some(cluster),
         authority: Some("reviews:9080"),
         peer_principal: None,
+        peer_workload: None,
+        stats: None,
         grpc: false,
         code,
         grpc_status: None,
         flags: ResponseFlags::default(),
         request_bytes: 0,
         response_bytes: 300,
+        request_messages: 0,
+        response_messages: 0,
         duration: Duration::from_millis(ms),
     }
 }
@@ -588,4 +592,101 @@ fn record_cost() {
         m.record_http(&s);
     }
     println!("record_http: {:?} per request", t.elapsed() / n);
+}
+
+#[test]
+fn exchanged_metadata_names_the_peer_on_both_reporters() {
+    let m = Metrics::new(reviews());
+    let ratings = Arc::new(Workload::from_parts(
+        Some("ratings-v1"),
+        Some("default"),
+        &[("app", "ratings"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        Some("bookinfo-ratings"),
+        None,
+        None,
+    ));
+    let mut out = sample(
+        "outbound_0.0.0.0_9080",
+        "outbound|9080||ratings.default.svc.cluster.local",
+        200,
+        2,
+    );
+    out.peer_workload = Some(&ratings);
+    m.record_http(&out);
+    let pp = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+    let productpage = Arc::new(Workload::from_parts(
+        Some("productpage-v1"),
+        Some("default"),
+        &[("app", "productpage"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        Some("someone-else"),
+        None,
+        None,
+    ));
+    let mut inb = sample("inbound_0.0.0.0_9080", "inbound|9080||", 200, 2);
+    inb.peer_principal = Some(pp);
+    inb.peer_workload = Some(&productpage);
+    m.record_http(&inb);
+    let mut text = String::new();
+    m.render(&mut text);
+    let line = |reporter: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let src = line("source");
+    assert!(src.contains("destination_workload=\"ratings-v1\""), "{src}");
+    assert!(src.contains("destination_app=\"ratings\""), "{src}");
+    assert!(src.contains("destination_version=\"v1\""), "{src}");
+    let dst = line("destination");
+    assert!(dst.contains("source_workload=\"productpage-v1\""), "{dst}");
+    assert!(dst.contains("source_app=\"productpage\""), "{dst}");
+    // The certificate, not the claim, names the source principal.
+    assert!(dst.contains(&format!("source_principal=\"{pp}\"")), "{dst}");
+}
+
+#[test]
+fn grpc_streams_count_messages() {
+    let m = Metrics::new(reviews());
+    let mut s = sample(
+        "outbound_0.0.0.0_9080",
+        "outbound|9080||ratings.default.svc.cluster.local",
+        200,
+        2,
+    );
+    s.grpc = true;
+    s.grpc_status = Some(0);
+    s.request_messages = 3;
+    s.response_messages = 5;
+    m.record_http(&s);
+    m.record_http(&s);
+    let mut http = sample(
+        "outbound_0.0.0.0_9080",
+        "outbound|9080||details.default.svc.cluster.local",
+        200,
+        2,
+    );
+    http.request_messages = 9;
+    m.record_http(&http);
+    let mut text = String::new();
+    m.render(&mut text);
+    let value = |name: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    // Only the gRPC series has message counters.
+    assert_eq!(value("istio_request_messages_total"), ["6"]);
+    assert_eq!(value("istio_response_messages_total"), ["10"]);
+    assert!(text.contains("request_protocol=\"grpc\""));
 }
