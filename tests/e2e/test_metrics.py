@@ -7,9 +7,12 @@ the scrape endpoint) serves `istio_requests_total` and friends with Istio's labe
 | test | requirement |
 |---|---|
 | test_istio_request_metrics | N requests through the gateway are counted by productpage's sidecar (reporter=destination, and reporter=source towards reviews) and by the reviews sidecars (source principal from the mTLS certificate) |
-| test_prometheus_scrapes_the_proxies | Debian's `prometheus` scrapes the admin ports and answers a PromQL query (skipped without the binary) |
+| test_istio_metrics_ports | both data planes: the stats port (Istio's 15090) serves the proxy's /stats/prometheus and nothing else; the agent port (15020) merges proxy and agent metrics and answers /healthz/ready |
+| test_control_plane_metrics | both data planes: the control plane's /metrics (15014) has pilot_xds, pilot_xds_pushes per type, pilot_proxy_convergence_time, pilot_services, no rejects |
+| test_prometheus_scrapes_the_proxies | Debian's `prometheus` scrapes the admin ports and answers PromQL, including `sum(rate(istio_requests_total{reporter="destination"}[1m])) by (destination_workload, response_code)`, with the peer workload on both reporters (skipped without the binary) |
 
-Trellis data plane only: stock Envoy has no istio_* stats without Istio's stats extension.
+istio_* checks are for the Trellis data plane only: stock Envoy has no istio_* stats without
+Istio's stats extension.
 """
 from __future__ import annotations
 
@@ -118,6 +121,11 @@ def test_istio_request_metrics(trellis_only, mesh):
         assert labels["destination_service_name"] == "reviews", labels
         assert labels["destination_service_namespace"] == "default", labels
         assert labels["connection_security_policy"] == "unknown", labels
+        # The server's sidecar told who answered (metadata exchange).
+        assert labels["destination_workload"] in ("reviews-v1", "reviews-v2", "reviews-v3"), labels
+        assert labels["destination_app"] == "reviews", labels
+        assert labels["destination_version"] == labels["destination_workload"][-2:], labels
+        assert labels["destination_canonical_service"] == "reviews", labels
 
     # The reviews sidecars as servers: the caller's identity from its mTLS certificate.
     served = 0.0
@@ -135,10 +143,62 @@ def test_istio_request_metrics(trellis_only, mesh):
                 assert labels["connection_security_policy"] == "mutual_tls", labels
                 assert labels["destination_workload"] == "reviews-v1", labels
                 assert labels["destination_version"] == "v1", labels
+                # The client's sidecar told who called (metadata exchange).
+                assert labels["source_workload"] == "productpage-v1", labels
+                assert labels["source_app"] == "productpage", labels
+                assert labels["source_version"] == "v1", labels
+                assert labels["source_canonical_service"] == "productpage", labels
     assert served >= N, f"reviews v1+v2+v3 counted {served} mTLS requests from productpage, want >= {N}"
 
     # The Envoy stats are there too, under Envoy's Prometheus names.
     assert matching(pp, "envoy_cluster_upstream_rq_total", envoy_cluster_name=f"outbound|9080||{REVIEWS}")
+    # Proxy health: connected to the control plane, no NACK, the workload certificate's expiry.
+    assert total(pp, "envoy_control_plane_connected_state") == 1
+    assert total(pp, "envoy_trellis_xds_lds_rejected") == 0
+    assert total(pp, "envoy_trellis_xds_cds_resources") >= 4
+    days = total(pp, "envoy_server_days_until_first_cert_expiring")
+    secs = total(pp, "envoy_server_seconds_until_first_cert_expiring")
+    assert 0 < secs <= 24 * 3600 and days == 0, (days, secs)
+
+
+def test_istio_metrics_ports(mesh):
+    """Istio's 15090 (the proxy's /stats/prometheus on a listener of its own) and 15020 (the
+    agent's merged metrics and readiness), with both data planes."""
+    from harness.mesh import request
+    poll(lambda: get().status == 200, 30, "productpage through the gateway")
+    send(3)
+    p = mesh.proxy_of("productpage-v1")
+    stats, agent = p.meta_port("TRELLIS_STATS_PORT"), p.meta_port("TRELLIS_AGENT_PORT")
+    assert stats and agent, f"no stats/agent ports in the node metadata: {p.metadata}"
+    r = request(("127.0.0.1", stats), "/stats/prometheus", timeout=10)
+    assert r.status == 200, r.status
+    own = parse(r.text)
+    assert matching(own, "envoy_cluster_upstream_rq_total"), "no Envoy stats on the stats port"
+    # Only /stats/prometheus is exposed there, not the rest of the admin API.
+    assert request(("127.0.0.1", stats), "/config_dump", timeout=10).status == 404
+    r = request(("127.0.0.1", agent), "/stats/prometheus", timeout=10)
+    assert r.status == 200, r.status
+    merged = parse(r.text)
+    assert matching(merged, "envoy_cluster_upstream_rq_total"), "the merged endpoint lacks the proxy's stats"
+    assert total(merged, "trellis_agent_scrapes_total") >= 1
+    assert request(("127.0.0.1", agent), "/healthz/ready", timeout=10).status == 200
+
+
+def test_control_plane_metrics(mesh):
+    """The control plane's /metrics on 15014 under istiod's names: connected proxies, pushes per
+    type, convergence time (push to ACK), config sizes; with both data planes."""
+    from harness.mesh import request
+    poll(lambda: get().status == 200, 30, "productpage through the gateway")
+    r = request(("127.0.0.1", 15014), "/metrics", timeout=10)
+    assert r.status == 200, r.status
+    m = parse(r.text)
+    assert total(m, "pilot_xds", version="trellis") >= 7, "7 proxies (6 sidecars and the gateway)"
+    for t in ("lds", "cds", "eds", "rds"):
+        assert total(m, "pilot_xds_pushes", type=t) >= 1, t
+    assert total(m, "pilot_proxy_convergence_time_count") >= 7
+    assert total(m, "pilot_services") >= 4
+    assert total(m, "pilot_total_xds_rejects") == 0
+    assert total(m, "trellis_xds_generate_seconds_count") >= 7
 
 
 def _free_port() -> int:
@@ -167,15 +227,34 @@ def test_prometheus_scrapes_the_proxies(trellis_only, mesh, tmp_path):
                              f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        q = urllib.parse.quote('sum(istio_requests_total{reporter="destination",'
-                               'destination_workload="productpage-v1",response_code="200"})')
+        def query(promql: str) -> list:
+            q = urllib.parse.quote(promql)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={q}", timeout=5) as r:
+                return json.load(r).get("data", {}).get("result", [])
 
         def answered():
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={q}", timeout=5) as r:
-                data = json.load(r)
-            res = data.get("data", {}).get("result", [])
+            res = query('sum(istio_requests_total{reporter="destination",'
+                        'destination_workload="productpage-v1",response_code="200"})')
             return res and float(res[0]["value"][1]) >= N
         poll(answered, 30, "PromQL sum(istio_requests_total{...productpage-v1...}) >= N", 1.0)
+
+        # The issue's query: traffic per destination workload and code, once a rate exists.
+        def by_workload():
+            send(2)
+            res = query('sum(rate(istio_requests_total{reporter="destination"}[1m])) '
+                        'by (destination_workload, response_code)')
+            got = {(r["metric"].get("destination_workload"), r["metric"].get("response_code"))
+                   for r in res if float(r["value"][1]) > 0}
+            return {("productpage-v1", "200")} <= got and any(w.startswith("reviews-") for w, _ in got) and got
+        got = poll(by_workload, 30, "rate() by destination_workload for productpage and reviews", 1.0)
+        assert all(code == "200" for _, code in got), got
+
+        # Both reporters name the peer workload (mTLS identity + metadata exchange).
+        def sources():
+            res = query('sum(istio_requests_total{reporter="destination",'
+                        'destination_workload=~"reviews-.*"}) by (source_workload, source_app)')
+            return res and {(r["metric"].get("source_workload"), r["metric"].get("source_app")) for r in res}
+        assert ("productpage-v1", "productpage") in poll(sources, 30, "source labels on reviews", 1.0)
     finally:
         proc.terminate()
         try:

@@ -1216,7 +1216,8 @@ mod tests {
             r[0].app_ports,
             BTreeMap::from([(9080, 20005), (9090, 20001)])
         );
-        assert_eq!(r[1].admin_port, 20007);
+        assert_eq!((r[0].stats_port, r[0].agent_port), (20007, 20008));
+        assert_eq!(r[1].admin_port, 20009);
         assert_eq!(r, assign_ports(&ws, 20000, &exclude).expect("again"));
 
         let clash = vec![workload("a", &[(1, 5000)]), workload("b", &[(1, 5000)])];

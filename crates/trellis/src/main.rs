@@ -86,6 +86,20 @@ struct ProxyArgs {
     /// Agent: use delta xDS.
     #[arg(long)]
     delta: bool,
+    /// Agent: serve the proxy's Prometheus metrics on this port (Istio's 15090).
+    #[arg(long = "stats-port")]
+    stats_port: Option<u16>,
+    /// Agent: serve merged metrics (proxy + application + agent) and
+    /// readiness on this port (Istio's 15020).
+    #[arg(long = "agent-port")]
+    agent_port: Option<u16>,
+    /// Agent: the application's metrics port, merged into the agent port's
+    /// /stats/prometheus (Istio's `prometheus.io/port` annotation).
+    #[arg(long = "app-metrics-port", requires = "agent_port")]
+    app_metrics_port: Option<u16>,
+    /// Agent: the application's metrics path (`prometheus.io/path`).
+    #[arg(long = "app-metrics-path", default_value = "/metrics")]
+    app_metrics_path: String,
     /// Agent: the mesh CA (Istio's 15012, TLS), e.g. 127.0.0.1:15012. With
     /// it the agent gets a workload certificate and serves it over SDS; the
     /// token comes from $TRELLIS_CA_TOKEN.
@@ -252,7 +266,50 @@ fn agent_identity(args: &ProxyArgs) -> anyhow::Result<proxy::agent::Identity> {
         sds_socket: None,
         // With a CA, ADS goes over mTLS to the same endpoint (Istio's 15012).
         secure_xds_address: args.ca_address.clone(),
+        stats_port: args.stats_port,
+        agent_port: args.agent_port,
     })
+}
+
+/// Istio's 15020 on its own thread (so it serves with either data plane):
+/// merged Prometheus metrics and readiness.
+fn serve_agent_port(
+    identity: &proxy::agent::Identity,
+    port: u16,
+    args: &ProxyArgs,
+) -> anyhow::Result<()> {
+    let bind = if identity.local.is_some() {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
+    let listener = std::net::TcpListener::bind((bind, port))
+        .map_err(|e| anyhow::anyhow!("--agent-port {port}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let cfg = proxy::agent_metrics::MergedMetrics {
+        admin: std::net::SocketAddr::from(([127, 0, 0, 1], identity.admin_port)),
+        app: args
+            .app_metrics_port
+            .map(|p| format!("http://127.0.0.1:{p}{}", args.app_metrics_path)),
+    };
+    // A thread of its own: a scrape never competes with the data path.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("agent-metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => {
+                        proxy::agent_metrics::serve(l, cfg);
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "agent port"),
+                }
+            });
+        })?;
+    Ok(())
 }
 
 /// The agent's certificate client, when a CA is configured.
@@ -315,6 +372,9 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         (Some(path), _) => proxy::BootstrapSource::File(path.clone()),
         (None, Some(_)) => {
             let mut identity = agent_identity(&args)?;
+            if let Some(port) = args.agent_port {
+                serve_agent_port(&identity, port, &args)?;
+            }
             if args.data_plane == "envoy" {
                 let envoy = proxy::agent::find_envoy().ok_or_else(|| {
                     anyhow::anyhow!(

@@ -117,6 +117,8 @@ fn resolve_workloads(args: &UpArgs) -> anyhow::Result<Vec<ResolvedWorkload>> {
         args.xds_address.port(),
         args.debug_address.port(),
         args.gateway_admin_port,
+        GATEWAY_STATS_PORT,
+        GATEWAY_AGENT_PORT,
         8080,
         8443,
     ]
@@ -188,8 +190,13 @@ fn proxy_argv(
     namespace: &str,
     labels: &str,
     sa: &str,
-    admin: u16,
+    ports: ProxyPorts,
 ) -> Vec<String> {
+    let ProxyPorts {
+        admin,
+        stats,
+        agent,
+    } = ports;
     let mut v: Vec<String> = ["proxy", "--mode", role, "--xds-address"]
         .iter()
         .map(|s| s.to_string())
@@ -213,6 +220,13 @@ fn proxy_argv(
         "--proxy".into(),
         args.proxy.clone(),
     ]);
+    // Istio's 15090 (proxy metrics) and 15020 (merged metrics, readiness).
+    v.extend([
+        "--stats-port".into(),
+        stats.to_string(),
+        "--agent-port".into(),
+        agent.to_string(),
+    ]);
     v.extend([
         "-l".into(),
         args.proxy_log_level.clone(),
@@ -224,6 +238,18 @@ fn proxy_argv(
     }
     v
 }
+
+/// A proxy's admin, stats (Istio's 15090) and agent (15020) ports.
+#[derive(Debug, Clone, Copy)]
+struct ProxyPorts {
+    admin: u16,
+    stats: u16,
+    agent: u16,
+}
+
+/// The gateway is alone of its kind on the machine: Istio's own ports.
+const GATEWAY_STATS_PORT: u16 = 15090;
+const GATEWAY_AGENT_PORT: u16 = 15020;
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     if !args.dir.is_dir() {
@@ -278,7 +304,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         "istio-system",
         "istio=ingressgateway,app=istio-ingressgateway",
         "istio-ingressgateway-service-account",
-        args.gateway_admin_port,
+        ProxyPorts {
+            admin: args.gateway_admin_port,
+            stats: GATEWAY_STATS_PORT,
+            agent: GATEWAY_AGENT_PORT,
+        },
     );
     let mut gw_env = Vec::new();
     if let Some(h) = &handout {
@@ -293,6 +323,19 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     for w in &workloads {
+        // Without capture, applications reach TCP services through local
+        // ports of their sidecar (also in their environment).
+        for (u, port) in &w.tcp_outbound {
+            println!(
+                "trellis up: {}/{}: tcp {}.{}:{} -> 127.0.0.1:{port} ({})",
+                w.namespace,
+                w.name,
+                u.service,
+                u.namespace,
+                u.port,
+                u.env_name()
+            );
+        }
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut argv = proxy_argv(
             &args,
@@ -301,7 +344,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             &w.namespace,
             &labels.join(","),
             &w.service_account,
-            w.admin_port,
+            ProxyPorts {
+                admin: w.admin_port,
+                stats: w.stats_port,
+                agent: w.agent_port,
+            },
         );
         argv.extend(["--local-outbound-port".into(), w.outbound_port.to_string()]);
         for (target, port) in &w.inbound_ports {

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ GATEWAY = ("127.0.0.1", 8080)
 ADS = ("127.0.0.1", 15010)
 DEBUG = ("127.0.0.1", 15014)
 SECURE = ("127.0.0.1", 15012)   # the CA and xDS over TLS
-FIXED_PORTS = (GATEWAY, ADS, DEBUG, SECURE)
+FIXED_PORTS = (GATEWAY, ADS, DEBUG, SECURE, ("127.0.0.1", 15090), ("127.0.0.1", 15020))
 READY_LINE = "trellis up: ready"
 WORKLOADS = ("productpage-v1", "details-v1", "reviews-v1", "reviews-v2", "reviews-v3", "ratings-v1")
 
@@ -444,6 +445,29 @@ def up_supported() -> str | None:
     return None
 
 
+_MESH_LOCK = None
+
+
+def _acquire_mesh_lock(timeout: float = 1800.0) -> None:
+    """`trellis up` binds fixed ports, so one mesh at a time per machine: pytest processes
+    (several developers' runs, say) queue on a file lock, held until the process exits."""
+    global _MESH_LOCK
+    if _MESH_LOCK is not None:
+        return
+    import fcntl
+    f = open(os.path.join(tempfile.gettempdir(), "trellis-e2e-mesh.lock"), "w")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise AssertionError("another process has held the mesh lock for 30 min")
+            time.sleep(0.5)
+    _MESH_LOCK = f
+
+
 class TrellisUp:
     def __init__(self, registry: ProcRegistry, mesh_dir: MeshDir, proxy: str, extra_args: list[str] = ()):
         self.registry = registry
@@ -455,6 +479,7 @@ class TrellisUp:
         self.proc: Proc | None = None
 
     def start(self, ready_timeout: float = 60.0) -> "TrellisUp":
+        _acquire_mesh_lock()
         # The previous test's mesh must be gone: the fixed ports are the contract.
         busy = []
         deadline = time.monotonic() + 10
