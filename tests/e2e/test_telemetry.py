@@ -146,6 +146,10 @@ def test_traces_link_across_the_mesh(start_mesh, receiver, tmp_path):
     got = [(service(s).split(".")[0], s["kind"]) for s in chain]
     assert got == [("ratings", "SERVER"), ("reviews", "CLIENT"), ("reviews", "SERVER"),
                    ("productpage", "CLIENT"), ("productpage", "SERVER")], got
+    # Istio's span names: the destination `<host>:<port>/*`, on both sides of each hop.
+    names = [s["name"] for s in chain]
+    assert names == ["ratings.default.svc.cluster.local:9080/*"] * 2 + ["reviews.default.svc.cluster.local:9080/*"] * 2 \
+        + ["productpage.default.svc.cluster.local:9080/*"], names
     for s in chain:
         a = s["attributes"]
         assert a.get("istio.namespace") == "default", a

@@ -121,9 +121,47 @@ pub(crate) fn apply(node: &ProxyNode, ctx: &PushContext, out: &mut Generated) {
             }
         }
     }
+    name_spans(out);
     diagnostics.sort_by(|a: &Diagnostic, b| a.message.cmp(&b.message));
     diagnostics.dedup();
     out.diagnostics.extend(diagnostics);
+}
+
+/// Istio's span names: each route to a mesh destination gets the decorator
+/// operation `<host>:<port>/*`. The client's span takes that name, and the
+/// proxy sends it upstream (`x-envoy-decorator-operation`), so the
+/// server's span has it too.
+fn name_spans(out: &mut Generated) {
+    use envoy_types::pb::envoy::config::route::v3::{Decorator, route, route_action};
+    for rc in &mut out.routes {
+        for vh in &mut rc.virtual_hosts {
+            for r in &mut vh.routes {
+                if r.decorator.is_some() {
+                    continue;
+                }
+                let Some(route::Action::Route(action)) = &r.action else {
+                    continue;
+                };
+                let cluster = match &action.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => c.as_str(),
+                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                        w.clusters.first().map_or("", |c| c.name.as_str())
+                    }
+                    _ => "",
+                };
+                // outbound|<port>|<subset>|<host>
+                let mut parts = cluster.splitn(4, '|');
+                if let (Some("outbound"), Some(port), Some(_), Some(host)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                {
+                    r.decorator = Some(Decorator {
+                        operation: format!("{host}:{port}/*"),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// The Telemetries that apply to `node`, least specific first: the root
