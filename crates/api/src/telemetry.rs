@@ -226,38 +226,6 @@ pub struct AccessLogFilter {
     pub expression: String,
 }
 
-/// The labels Istio's metrics carry, which `tagOverrides` may name (plus
-/// new ones, for UPSERT).
-pub const STANDARD_TAGS: [&str; 27] = [
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-    "destination_port",
-    "source_ip",
-];
-
 /// A `tagOverrides` value Trellis can apply: a CEL string literal
 /// (`"'canary'"` or `'"canary"'`), returned unquoted.
 pub fn literal_tag_value(expr: &str) -> Option<&str> {

@@ -226,10 +226,8 @@ mod tests {
         addr
     }
 
-    #[tokio::test]
-    async fn merges_proxy_app_and_agent_metrics_and_survives_a_dead_app() {
-        let admin = server("/stats/prometheus", "istio_requests_total{a=\"b\"} 3\n").await;
-        let app = server("/metrics", "app_hits 7").await;
+    /// Serves merged metrics for `admin` and `app` and scrapes it once.
+    async fn scrape_merged(admin: SocketAddr, app: String) -> String {
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -238,31 +236,25 @@ mod tests {
             l,
             MergedMetrics {
                 admin,
-                app: Some(format!("http://{app}/metrics")),
+                app: Some(app),
             },
         );
-        let text = fetch(&format!("http://{merged}/stats/prometheus"))
+        fetch(&format!("http://{merged}/stats/prometheus"))
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn merges_proxy_app_and_agent_metrics_and_survives_a_dead_app() {
+        let admin = server("/stats/prometheus", "istio_requests_total{a=\"b\"} 3\n").await;
+        let app = server("/metrics", "app_hits 7").await;
+        let text = scrape_merged(admin, format!("http://{app}/metrics")).await;
         assert!(text.contains("istio_requests_total{a=\"b\"} 3\n"), "{text}");
         assert!(text.contains("app_hits 7\n"), "{text}");
         assert!(text.contains("trellis_agent_scrapes_total 1\n"), "{text}");
 
         // The application is gone: the proxy's metrics are still served.
-        let l = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let merged = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        serve(
-            l,
-            MergedMetrics {
-                admin,
-                app: Some("http://127.0.0.1:1/metrics".into()),
-            },
-        );
-        let text = fetch(&format!("http://{merged}/stats/prometheus"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let text = scrape_merged(admin, "http://127.0.0.1:1/metrics".into()).await;
         assert!(text.contains("istio_requests_total"), "{text}");
         assert!(
             text.contains("trellis_agent_app_scrape_failures_total 1\n"),

@@ -27,6 +27,32 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
+/// Request headers that only the mesh may set: removed from external
+/// requests (Envoy's `cleanInternalHeaders`).
+const EXTERNAL_STRIPPED: [&str; 13] = [
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+];
+
+/// Also removed from external requests at the edge (`use_remote_address`).
+const EDGE_STRIPPED: [&str; 4] = [
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-original-path",
+];
+
 /// What every request on one downstream connection shares.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -317,6 +343,22 @@ fn prepare_request(conn: &ConnInfo, headers: &mut HeaderMap) -> Option<HeaderVal
     } else if !headers.contains_key(&X_FORWARDED_PROTO) {
         let proto = if conn.tls { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    // A client cannot steer the proxy with x-envoy-* headers: Envoy strips
+    // these from every request not marked internal, and a few more at the
+    // edge.
+    let internal = headers
+        .get(&X_ENVOY_INTERNAL)
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if !internal {
+        for h in EXTERNAL_STRIPPED {
+            headers.remove(h);
+        }
+        if hcm.use_remote_address {
+            for h in EDGE_STRIPPED {
+                headers.remove(h);
+            }
+        }
     }
     if hcm.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
         let id = uuid::Uuid::new_v4();
