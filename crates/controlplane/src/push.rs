@@ -193,6 +193,49 @@ impl ControlPlane {
     }
 
     /// True once every node in `node_ids` has ACKed listeners and clusters.
+    /// For each node of `node_ids` that is not synced, one line saying
+    /// where it stands (connection, and per type what was sent and ACKed
+    /// against what it should hold), for the "not synced" message.
+    pub fn unsynced_report(&self, node_ids: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for id in node_ids {
+            if self.all_synced(std::slice::from_ref(id)) {
+                continue;
+            }
+            let snapshot = self.cache.snapshot_for(id);
+            let Some(s) = self.cache.node_status(id) else {
+                out.push(format!("{id}: never connected"));
+                continue;
+            };
+            let mut line = format!("{id}: connected={}", s.connected);
+            for t in [
+                xds::type_url::LISTENER,
+                xds::type_url::CLUSTER,
+                xds::type_url::ROUTE,
+                xds::type_url::ENDPOINT,
+            ] {
+                let want = snapshot
+                    .as_deref()
+                    .and_then(|snap| snap.get(t))
+                    .map_or("-", |ts| ts.version.as_str());
+                let (sent, acked, nack) = s.types.get(t).map_or(("-", "-", false), |ts| {
+                    (
+                        ts.sent_version.as_str(),
+                        ts.acked_version.as_str(),
+                        ts.last_nack.is_some(),
+                    )
+                });
+                line.push_str(&format!(
+                    " {} want={want} sent={sent} acked={acked}{}",
+                    xds::type_url::short_name(t),
+                    if nack { " NACKED" } else { "" }
+                ));
+            }
+            out.push(line);
+        }
+        out
+    }
+
     pub fn all_synced(&self, node_ids: &[String]) -> bool {
         node_ids.iter().all(|id| {
             let snapshot = self.cache.snapshot_for(id);

@@ -404,6 +404,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 println!("trellis up: drop Istio YAML into {} to change routing; Ctrl-C stops everything", args.dir.display());
             } else {
                 println!("trellis up: not every proxy synced within 60s; see the logs above");
+                for line in cp.unsynced_report(&node_ids) {
+                    println!("trellis up:   {line}");
+                }
             }
             false
         }
