@@ -508,6 +508,13 @@ fn file_log(
             },
         )),
     };
+    let typed = match cfg.access_log_format.as_ref() {
+        Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(json)),
+            ..
+        })) => deterministic_json_log(&cfg.path, json),
+        _ => pb::any(&cfg),
+    };
     AccessLog {
         name: "envoy.access_loggers.file".into(),
         filter: filter.map(|expr| AccessLogFilter {
@@ -523,7 +530,31 @@ fn file_log(
                 },
             )),
         }),
-        config_type: Some(access_log::ConfigType::TypedConfig(pb::any(&cfg))),
+        config_type: Some(access_log::ConfigType::TypedConfig(typed)),
+    }
+}
+
+/// A JSON-format FileAccessLog encoded by hand: `Struct` keeps its keys in
+/// a hash map, so prost's bytes would differ between two identical
+/// generations, every push would carry a "changed" listener, and proxies
+/// would drain their listeners for nothing. The keys are written sorted.
+fn deterministic_json_log(path: &str, json: &Struct) -> envoy_types::pb::google::protobuf::Any {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let nested = |tag: u32, body: &[u8], out: &mut Vec<u8>| {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    };
+    // SubstitutionFormatString { json_format (2): Struct }
+    let mut format = Vec::new();
+    nested(2, &xds::typed_struct::sorted_struct(json), &mut format);
+    // FileAccessLog { path (1), log_format (5) }
+    let mut value = Vec::new();
+    prost::encoding::string::encode(1, &path.to_string(), &mut value);
+    nested(5, &format, &mut value);
+    envoy_types::pb::google::protobuf::Any {
+        type_url: <FileAccessLog as prost::Name>::type_url(),
+        value,
     }
 }
 
