@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use envoy_types::pb::envoy::config::core::v3::ApiVersion;
 use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3::ExtAuthz as Proto;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
@@ -18,7 +17,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use crate::http::filters::ext_authz::{Decision, GrpcAuthorizer, peer};
+use crate::http::filters::ext_authz::{
+    Decision, GrpcAuthorizer, check_api_version, compile_enabled_metadata, peer,
+};
 use crate::listener::peer::PeerIdentity;
 use crate::rbac::DynamicMetadata;
 use crate::rbac::metadata::MetadataMatcher;
@@ -90,32 +91,12 @@ impl NetworkExtAuthz {
             "metadata_context_namespaces",
             "metadata context is not supported by the network filter",
         )?;
-        match ApiVersion::try_from(p.transport_api_version) {
-            Ok(ApiVersion::V3 | ApiVersion::Auto) => {}
-            _ => {
-                return Err((
-                    "transport_api_version".into(),
-                    "only the v3 transport API is supported".into(),
-                ));
-            }
-        }
+        check_api_version(p.transport_api_version)?;
         let grpc = p
             .grpc_service
             .as_ref()
             .ok_or_else(|| ("grpc_service".to_string(), "is required".to_string()))?;
-        let filter_enabled_metadata = p
-            .filter_enabled_metadata
-            .as_ref()
-            .map(MetadataMatcher::compile)
-            .transpose()
-            .map_err(|(f, m)| {
-                let field = if f.is_empty() {
-                    "filter_enabled_metadata".to_string()
-                } else {
-                    format!("filter_enabled_metadata.{f}")
-                };
-                (field, m)
-            })?;
+        let filter_enabled_metadata = compile_enabled_metadata(p.filter_enabled_metadata.as_ref())?;
         Ok(Self {
             authorizer: GrpcAuthorizer::compile(grpc, "grpc_service")?,
             failure_mode_allow: p.failure_mode_allow,

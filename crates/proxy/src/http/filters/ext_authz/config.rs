@@ -159,20 +159,41 @@ fn header_pair(
     Ok((name, value))
 }
 
+/// `transport_api_version`, shared by the HTTP and network filters: only
+/// v3 (or unset) is served.
+pub(crate) fn check_api_version(version: i32) -> Result<(), FieldError> {
+    match ApiVersion::try_from(version) {
+        Ok(ApiVersion::V3 | ApiVersion::Auto) => Ok(()),
+        _ => Err(err(
+            "transport_api_version",
+            "only the v3 transport API is supported",
+        )),
+    }
+}
+
+/// `filter_enabled_metadata`, shared by the HTTP and network filters;
+/// errors carry the field path below it.
+pub(crate) fn compile_enabled_metadata(
+    m: Option<&envoy_types::pb::envoy::r#type::matcher::v3::MetadataMatcher>,
+) -> Result<Option<MetadataMatcher>, FieldError> {
+    m.map(MetadataMatcher::compile)
+        .transpose()
+        .map_err(|(f, m)| {
+            let field = if f.is_empty() {
+                "filter_enabled_metadata".to_string()
+            } else {
+                format!("filter_enabled_metadata.{f}")
+            };
+            (field, m)
+        })
+}
+
 impl Config {
     pub(super) fn compile(any: &Any) -> Result<Self, FieldError> {
         let p = ExtAuthzProto::decode(any.value.as_slice())
             .map_err(|e| err("", format!("invalid ExtAuthz: {e}")))?;
         refuse_unsupported(&p)?;
-        match ApiVersion::try_from(p.transport_api_version) {
-            Ok(ApiVersion::V3 | ApiVersion::Auto) => {}
-            _ => {
-                return Err(err(
-                    "transport_api_version",
-                    "only the v3 transport API is supported",
-                ));
-            }
-        }
+        check_api_version(p.transport_api_version)?;
         if p.with_request_body
             .is_some_and(|b| b.max_request_bytes == 0)
         {
@@ -227,19 +248,7 @@ impl Config {
                     )
                 })?,
         };
-        let filter_enabled_metadata = p
-            .filter_enabled_metadata
-            .as_ref()
-            .map(MetadataMatcher::compile)
-            .transpose()
-            .map_err(|(f, m)| {
-                let field = if f.is_empty() {
-                    "filter_enabled_metadata".to_string()
-                } else {
-                    format!("filter_enabled_metadata.{f}")
-                };
-                (field, m)
-            })?;
+        let filter_enabled_metadata = compile_enabled_metadata(p.filter_enabled_metadata.as_ref())?;
         Ok(Self {
             service,
             failure_mode_allow: p.failure_mode_allow,

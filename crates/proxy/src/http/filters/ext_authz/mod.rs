@@ -41,6 +41,7 @@ use crate::snapshot::SharedSnapshot;
 
 pub use config::PER_ROUTE_TYPE_URL;
 use config::{Config, PerRoute, Service};
+pub(crate) use config::{check_api_version, compile_enabled_metadata};
 pub use response::HeaderMutation;
 use response::{AuthzResponse, CheckStatus};
 
