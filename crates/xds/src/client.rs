@@ -490,7 +490,7 @@ impl Client {
             count = resp.resources.len(),
             "received"
         );
-        let parsed = sotw_resources(&t, resp.resources);
+        let parsed = sotw_resources(&t, resp.resources).map(|set| self.sotw_complete(&t, set));
         let result = self.deliver(&t, &resp.version_info, parsed, BTreeMap::new());
         let state = self.types.entry(t.clone()).or_default();
         state.nonce.clone_from(&resp.nonce);
@@ -502,6 +502,27 @@ impl Client {
             error_detail: result.err().map(nack_status),
             ..Default::default()
         }
+    }
+
+    /// The complete set after a SotW response. LDS and CDS responses are
+    /// complete; for the types requested by name (EDS, RDS, SDS) a response
+    /// may carry only what changed, and a resource it omits keeps its last
+    /// value while it is still requested (Envoy's rule, which Istio's
+    /// incremental EDS pushes rely on).
+    fn sotw_complete(&self, t: &str, mut set: Resources) -> Resources {
+        if type_url::is_wildcard(t) {
+            return set;
+        }
+        let Some(state) = self.types.get(t) else {
+            return set;
+        };
+        let requested = state.requested.as_ref();
+        for (name, any) in &state.resources {
+            if requested.is_some_and(|r| r.contains(name)) && !set.contains_key(name) {
+                set.insert(name.clone(), any.clone());
+            }
+        }
+        set
     }
 
     async fn run_delta(&mut self) -> StreamEnd {

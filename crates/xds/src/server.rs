@@ -517,6 +517,9 @@ struct SotwWatch {
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
     sent_nonce: String,
+    /// The snapshot the last response came from: for types requested by
+    /// name, a push sends only the resources that differ from it.
+    sent: Option<Arc<Snapshot>>,
 }
 
 struct SotwStream {
@@ -533,7 +536,14 @@ struct SotwStream {
 }
 
 impl SotwStream {
-    /// Sends the type's current set if it changed since the last send (or always when `force`).
+    /// Sends the type's current set if it changed since the last send (or
+    /// always when `force`, answering a request).
+    ///
+    /// A push (not `force`) of a type requested by name (EDS, RDS, SDS)
+    /// carries only the resources that changed, as Istio's incremental EDS
+    /// does: in state-of-the-world xDS only LDS and CDS responses must be
+    /// complete, and Envoy keeps a named resource a response omits. The
+    /// version still moves, so the ACK tells that the proxy is current.
     async fn send_type(&mut self, type_url: &str, force: bool) -> Result<(), End> {
         let Some(snapshot) = self.cache.snapshot_for(&self.node_id) else {
             return Ok(());
@@ -549,10 +559,15 @@ impl SotwStream {
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
+        let previous = match (&watch.names, &watch.sent) {
+            (Some(_), Some(sent)) if !force => sent.get(type_url),
+            _ => None,
+        };
         let resources = ts
             .resources
             .iter()
             .filter(|(name, _)| watch.names.as_ref().is_none_or(|n| n.contains(*name)))
+            .filter(|(name, any)| previous.is_none_or(|p| p.resources.get(*name) != Some(*any)))
             .map(|(_, any)| type_url::to_wire(any.clone()))
             .collect::<Vec<_>>();
         debug!(
@@ -568,6 +583,7 @@ impl SotwStream {
         }
         watch.sent_version = Some(ts.version.clone());
         watch.sent_nonce = nonce.clone();
+        watch.sent = Some(Arc::clone(&snapshot));
         let response = DiscoveryResponse {
             version_info: ts.version.clone(),
             resources,
@@ -623,6 +639,7 @@ impl StreamHandler for SotwStream {
                         names,
                         sent_version: None,
                         sent_nonce: String::new(),
+                        sent: None,
                     },
                 );
                 true

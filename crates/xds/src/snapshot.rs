@@ -1,6 +1,7 @@
 //! Versioned sets of xDS resources, as served to one proxy.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::codec::{self, CodecError};
 use crate::type_url;
@@ -18,9 +19,12 @@ pub struct TypeSnapshot {
 /// What one proxy should see: for each type URL, a version and its resources.
 /// A type that is absent is "not known yet" (nothing is sent for it), which
 /// differs from a type present with no resources (an empty set is sent).
+///
+/// Type sets are shared (`Arc`): an incremental push builds the next
+/// snapshot from the previous one and replaces only the types that changed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeSnapshot>,
+    types: BTreeMap<String, Arc<TypeSnapshot>>,
 }
 
 impl Snapshot {
@@ -32,10 +36,10 @@ impl Snapshot {
     pub fn set(&mut self, type_url: &str, version: impl Into<String>, resources: Resources) {
         self.types.insert(
             type_url.to_owned(),
-            TypeSnapshot {
+            Arc::new(TypeSnapshot {
                 version: version.into(),
                 resources,
-            },
+            }),
         );
     }
 
@@ -57,16 +61,26 @@ impl Snapshot {
         self
     }
 
-    pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
+    /// Sets one type to a set shared with other snapshots.
+    pub fn set_shared(&mut self, type_url: &str, set: Arc<TypeSnapshot>) {
+        self.types.insert(type_url.to_owned(), set);
+    }
+
+    /// One type's set, shareable with other snapshots.
+    pub fn get_shared(&self, type_url: &str) -> Option<&Arc<TypeSnapshot>> {
         self.types.get(type_url)
     }
 
-    pub fn remove(&mut self, type_url: &str) -> Option<TypeSnapshot> {
+    pub fn get(&self, type_url: &str) -> Option<&TypeSnapshot> {
+        self.types.get(type_url).map(|t| &**t)
+    }
+
+    pub fn remove(&mut self, type_url: &str) -> Option<Arc<TypeSnapshot>> {
         self.types.remove(type_url)
     }
 
     pub fn types(&self) -> impl Iterator<Item = (&str, &TypeSnapshot)> {
-        self.types.iter().map(|(k, v)| (k.as_str(), v))
+        self.types.iter().map(|(k, v)| (k.as_str(), &**v))
     }
 
     /// Groups packed resources by type URL (naming each the way clients do)

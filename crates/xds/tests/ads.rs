@@ -519,3 +519,84 @@ async fn sotw_reconnect_keeps_state() {
 async fn delta_reconnect_keeps_state() {
     reconnect_keeps_state(AdsProtocol::Delta).await;
 }
+
+/// A SotW push of a named type (RDS here, EDS alike) carries only the
+/// resources that changed; the client keeps the ones it omits, as Envoy does.
+#[tokio::test]
+async fn sotw_named_push_carries_only_changes() {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    let node_id = "partial";
+    let cache = SnapshotCache::new();
+    let v1 = [route("r1", "a"), route("r2", "a"), route("r3", "a")];
+    cache.set_snapshot(node_id, snapshot(&[], &[listener("l1")], &v1));
+    let server = Server::start("127.0.0.1:0".parse().expect("addr"), cache.clone()).await;
+
+    // On the wire, with a raw stream.
+    let mut raw = AggregatedDiscoveryServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let request = |nonce: &str, version: &str| DiscoveryRequest {
+        node: Some(Node {
+            id: node_id.into(),
+            ..Default::default()
+        }),
+        type_url: ROUTE.into(),
+        resource_names: vec!["r1".into(), "r2".into()],
+        response_nonce: nonce.into(),
+        version_info: version.into(),
+        ..Default::default()
+    };
+    tx.send(request("", "")).expect("send");
+    let mut responses = raw
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = responses.message().await.expect("recv").expect("response");
+    assert_eq!(first.resources.len(), 2, "a request is answered in full");
+    tx.send(request(&first.nonce, &first.version_info))
+        .expect("ack");
+
+    let v2 = [route("r1", "a"), route("r2", "b"), route("r3", "b")];
+    cache.set_snapshot(node_id, snapshot(&[], &[listener("l1")], &v2));
+    let push = responses.message().await.expect("recv").expect("response");
+    let pushed: Vec<String> = push
+        .resources
+        .into_iter()
+        .map(|a| {
+            type_url::resource_name(type_url::from_wire(a))
+                .expect("name")
+                .0
+        })
+        .collect();
+    assert_eq!(
+        pushed,
+        vec!["r2".to_owned()],
+        "only the changed watched route"
+    );
+    assert_ne!(push.version_info, first.version_info);
+    drop(tx);
+
+    // Through the client: the omitted r1 stays.
+    let sink = Arc::new(Sink::default());
+    let (handle, _task) = start_client(
+        server.addr,
+        node_id,
+        AdsProtocol::StateOfTheWorld,
+        sink.clone(),
+    );
+    handle.set_interest(ROUTE, names(&["r1", "r2"]));
+    eventually("r1+r2", || sink.names(ROUTE) == strs(&["r1", "r2"])).await;
+    let v3 = [route("r1", "a"), route("r2", "c"), route("r3", "b")];
+    cache.set_snapshot(node_id, snapshot(&[], &[listener("l1")], &v3));
+    eventually("r2 updated", || {
+        sink.get(ROUTE, "r2") == Some(route("r2", "c"))
+    })
+    .await;
+    assert_eq!(sink.get(ROUTE, "r1"), Some(route("r1", "a")));
+    handle.shutdown();
+    server.shutdown().await;
+}
