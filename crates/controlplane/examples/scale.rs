@@ -39,8 +39,8 @@
 //!   last proxy had it;
 //! - `cp_rss_mb`: the control plane's VmRSS with every proxy synced (after
 //!   the changes); `_idle` before any proxy connected, `_peak` its VmHWM;
-//! - `xds_bytes_*`: serialized resource bytes the proxies received (for SotW
-//!   every resource of each response; for delta the changed ones) and
+//! - `xds_bytes_*`: serialized resource bytes the proxies received (the
+//!   changed ones; for SotW LDS and CDS every resource of a response) and
 //!   `cp_write_bytes_*`: bytes the control plane process wrote (`wchar` of
 //!   `/proc/PID/io`: gRPC framing and HTTP/2 included).
 
@@ -328,7 +328,10 @@ impl Sink {
         t: &str,
         resources: &BTreeMap<String, prost_types::Any>,
     ) {
-        let bytes: usize = if self.shared.delta.load(Ordering::Relaxed) {
+        // On the wire: delta responses and SotW pushes of the named types
+        // (EDS, RDS) carry the changed resources, SotW LDS/CDS all of them.
+        let all = !self.shared.delta.load(Ordering::Relaxed) && type_url::is_wildcard(t);
+        let bytes: usize = if !all {
             let known = state.known.entry(t.to_owned()).or_default();
             let mut changed = 0;
             let mut next = HashMap::with_capacity(resources.len());

@@ -12,7 +12,9 @@
 //! - `pilot_total_rejected_configs`: configuration objects left out.
 //!
 //! Trellis adds `trellis_xds_generate_seconds` (time to translate one
-//! proxy's configuration) and `trellis_xds_proxies_unsynced`.
+//! proxy's configuration), `trellis_xds_proxies_unsynced`, and
+//! `trellis_xds_proxy_pushes{kind}`: per proxy, `full` (everything
+//! regenerated) or `endpoints` (incremental EDS).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -77,6 +79,7 @@ struct State {
     /// NACK nonces already counted, per node and type.
     nacks_seen: HashSet<(String, String, String)>,
     rejects: BTreeMap<String, u64>,
+    proxy_pushes: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -94,6 +97,7 @@ impl Default for CpMetrics {
                 pending: HashMap::new(),
                 nacks_seen: HashSet::new(),
                 rejects: BTreeMap::new(),
+                proxy_pushes: BTreeMap::new(),
             }),
         }
     }
@@ -115,6 +119,16 @@ pub struct ConfigSizes {
 impl CpMetrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One proxy got a push of `kind` (`full` or `endpoints`).
+    pub fn proxy_pushed(&self, kind: &'static str) {
+        *self.lock().proxy_pushes.entry(kind).or_default() += 1;
+    }
+
+    /// Pushes per kind so far.
+    pub fn proxy_pushes(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().proxy_pushes.clone()
     }
 
     /// A proxy's configuration was generated in `took`; `changed` holds the
@@ -198,6 +212,13 @@ impl CpMetrics {
             "trellis_xds_generate_seconds",
             "Time to translate one proxy's configuration.",
         );
+        let _ = writeln!(
+            out,
+            "# HELP trellis_xds_proxy_pushes Pushes to one proxy: full regeneration or incremental endpoints.\n# TYPE trellis_xds_proxy_pushes counter"
+        );
+        for (kind, n) in &s.proxy_pushes {
+            let _ = writeln!(out, "trellis_xds_proxy_pushes{{kind=\"{kind}\"}} {n}");
+        }
         let _ = writeln!(
             out,
             "# HELP trellis_xds_proxies_unsynced Connected proxies that have not ACKed their latest push.\n# TYPE trellis_xds_proxies_unsynced gauge\ntrellis_xds_proxies_unsynced {}",

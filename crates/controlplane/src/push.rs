@@ -1,12 +1,14 @@
 //! Pushing generated configuration to proxies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use registry::local::ResolvedWorkload;
 use xds::server::SnapshotCache;
+
+use crate::incremental::{self, Change};
 
 /// What the last configuration change produced, for status and debugging.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +19,16 @@ pub struct ConfigStatus {
     /// Registry and translation diagnostics.
     pub warnings: Vec<String>,
 }
+
+/// The state of one incremental EDS push shared by its proxies.
+struct EndpointPush<'a> {
+    builder: pilot::endpoints::EndpointBuilder<'a>,
+    sets: HashMap<SetKey, Arc<xds::snapshot::TypeSnapshot>>,
+}
+
+/// A proxy's previous EDS version and its updated assignments (name,
+/// encoded): proxies with equal keys get the same new set.
+type SetKey = (String, Vec<(String, Vec<u8>)>);
 
 pub struct ControlPlane {
     cache: Arc<SnapshotCache>,
@@ -123,8 +135,16 @@ impl ControlPlane {
             })
             .cloned()
             .collect();
-        let ctx = pilot::PushContext::new(objects, Arc::new(registry), self.mesh.clone());
-        self.context.store(Some(Arc::new(ctx)));
+        let previous = self.context.load_full();
+        let change = previous.as_deref().map_or(Change::Full, |p| {
+            incremental::classify(p.objects(), p.registry(), &objects, &registry)
+        });
+        let ctx = Arc::new(pilot::PushContext::new(
+            objects,
+            Arc::new(registry),
+            self.mesh.clone(),
+        ));
+        self.context.store(Some(Arc::clone(&ctx)));
         if let Ok(mut s) = self.status.lock() {
             *s = ConfigStatus {
                 generation: snapshot.generation,
@@ -133,14 +153,153 @@ impl ControlPlane {
             };
         }
         let nodes = self.cache.known_nodes();
-        tracing::info!(
-            generation = snapshot.generation,
-            proxies = nodes.len(),
-            "configuration changed; pushing"
-        );
-        for node in nodes {
-            self.push_node(&node);
+        match (change, previous) {
+            (Change::Nothing, _) => tracing::info!(
+                generation = snapshot.generation,
+                "configuration changed; no proxy sees the difference"
+            ),
+            (Change::Endpoints(changed), Some(previous)) => {
+                tracing::info!(
+                    generation = snapshot.generation,
+                    proxies = nodes.len(),
+                    services = changed.len(),
+                    "endpoints changed; pushing endpoints"
+                );
+                let mut push = EndpointPush {
+                    builder: pilot::endpoints::EndpointBuilder::new(&ctx),
+                    sets: HashMap::new(),
+                };
+                for node in nodes {
+                    if !self.push_endpoints(&node, &changed, previous.registry(), &mut push) {
+                        self.push_node(&node);
+                    }
+                }
+            }
+            _ => {
+                tracing::info!(
+                    generation = snapshot.generation,
+                    proxies = nodes.len(),
+                    "configuration changed; pushing"
+                );
+                self.push_all(&nodes);
+            }
         }
+    }
+
+    /// Full pushes to `nodes`, generated on every core: each proxy's
+    /// translation is independent, and a large mesh has many.
+    fn push_all(&self, nodes: &[Node]) {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(nodes.len());
+        if workers <= 1 {
+            nodes.iter().for_each(|n| self.push_node(n));
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    while let Some(node) =
+                        nodes.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        self.push_node(node);
+                    }
+                });
+            }
+        });
+    }
+
+    /// The incremental EDS push of one proxy: its last snapshot with the
+    /// ClusterLoadAssignments of the `changed` services rebuilt. False when
+    /// the proxy needs a full push instead: it has no snapshot yet, one of
+    /// its own instances moved (its inbound side follows them), or it has a
+    /// non-EDS cluster of a changed service.
+    fn push_endpoints(
+        &self,
+        node: &Node,
+        changed: &BTreeSet<(String, u32)>,
+        old_registry: &registry::Registry,
+        push: &mut EndpointPush<'_>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let Ok(proxy) = pilot::ProxyNode::from_node(node) else {
+            return false;
+        };
+        let own_instance_moved = changed.iter().any(|key| {
+            [old_registry, push.builder.registry()]
+                .iter()
+                .filter_map(|r| r.endpoints.get(key))
+                .flatten()
+                .any(|ep| pilot::endpoints::serves_node(&proxy, ep))
+        });
+        if own_instance_moved {
+            return false;
+        }
+        let Some(previous) = self.cache.snapshot_for(&node.id) else {
+            return false;
+        };
+        let (Some(clusters), Some(eds)) = (
+            previous.get(xds::type_url::CLUSTER),
+            previous.get_shared(xds::type_url::ENDPOINT),
+        ) else {
+            return false;
+        };
+        let mut updates = Vec::new();
+        for name in clusters.resources.keys() {
+            let Some((port, _, host)) = pilot::endpoints::parse_outbound_name(name) else {
+                continue;
+            };
+            if !changed.contains(&(host.to_owned(), port)) {
+                continue;
+            }
+            let Some(old) = eds.resources.get(name) else {
+                return false;
+            };
+            let Some(any) = push.builder.packed(&proxy, name) else {
+                return false;
+            };
+            if *old != any {
+                updates.push((name.clone(), any));
+            }
+        }
+        if updates.is_empty() {
+            return true;
+        }
+        // Proxies that held the same assignments and get the same updates
+        // (every proxy of a namespace, usually) share the new set.
+        let key = (
+            eds.version.clone(),
+            updates
+                .iter()
+                .map(|(n, a)| (n.clone(), a.value.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let next = match push.sets.get(&key) {
+            Some(set) => Arc::clone(set),
+            None => {
+                let mut resources = eds.resources.clone();
+                resources.extend(updates);
+                let mut one = xds::Snapshot::new();
+                one.set_hashed(xds::type_url::ENDPOINT, resources);
+                let Some(set) = one.remove(xds::type_url::ENDPOINT) else {
+                    return false;
+                };
+                push.sets.insert(key, Arc::clone(&set));
+                set
+            }
+        };
+        self.metrics.proxy_pushed("endpoints");
+        let mut snapshot = (*previous).clone();
+        let version = next.version.clone();
+        snapshot.set_shared(xds::type_url::ENDPOINT, next);
+        self.metrics.pushed(
+            &node.id,
+            started.elapsed(),
+            BTreeMap::from([(xds::type_url::ENDPOINT.to_owned(), version)]),
+        );
+        self.cache.set_snapshot(&node.id, snapshot);
+        true
     }
 
     /// Generates and installs the snapshot of one proxy.
@@ -174,6 +333,7 @@ impl ControlPlane {
                 }
                 let snapshot = pilot::to_snapshot(&generated);
                 let took = started.elapsed();
+                self.metrics.proxy_pushed("full");
                 let previous = self.cache.snapshot_for(&node.id);
                 let changed = snapshot
                     .types()
@@ -190,6 +350,16 @@ impl ControlPlane {
             }
             Err(e) => tracing::warn!(node = %node.id, error = %e, "cannot generate configuration"),
         }
+    }
+
+    /// What a full push would give `node` now, whatever the proxy holds:
+    /// the reference incremental pushes are checked against.
+    pub fn full_snapshot(&self, node: &Node) -> Option<xds::Snapshot> {
+        let ctx = self.context.load_full()?;
+        let proxy = pilot::ProxyNode::from_node(node).ok()?;
+        pilot::generate(&proxy, &ctx)
+            .ok()
+            .map(|g| pilot::to_snapshot(&g))
     }
 
     /// True once every node in `node_ids` has ACKed listeners and clusters.

@@ -17,7 +17,8 @@
 //!   (VirtualServices by gateway and host, DestinationRules by host with
 //!   Istio's namespace precedence, Sidecar scoping, exportTo).
 //! - [`cluster`]: clusters and ClusterLoadAssignments, DestinationRule
-//!   traffic policies.
+//!   traffic policies; [`endpoints`]: assignments alone, for incremental
+//!   EDS pushes.
 //! - [`route`]: VirtualService HTTP routes to Envoy routes.
 //! - [`sidecar`]: sidecar listeners and outbound route tables.
 //! - [`gateway`]: gateway (router) listeners and route tables, TLS servers
@@ -34,6 +35,7 @@
 
 pub mod cluster;
 pub mod context;
+pub mod endpoints;
 pub mod gateway;
 pub mod node;
 pub(crate) mod pb;

@@ -506,12 +506,7 @@ fn served_ports(node: &ProxyNode, ctx: &PushContext) -> BTreeMap<u32, Protocol> 
             continue;
         };
         for ep in eps {
-            let by_name = !node.workload_name.is_empty()
-                && ep.workload_name == node.workload_name
-                && ep.namespace == node.namespace;
-            let by_ip = !ep.address.starts_with("127.")
-                && (ep.address == node.ip || node.instance_ips.contains(&ep.address));
-            if by_name || by_ip {
+            if crate::endpoints::serves_node(node, ep) {
                 let target = if ep.port == 0 {
                     sp.target_port
                 } else {
