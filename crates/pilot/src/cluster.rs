@@ -433,6 +433,14 @@ fn apply_pool(c: &mut Cluster, pool: &ConnectionPoolSettings, port: &ServicePort
         // Only plain HTTP/1.1 ports are upgraded; HTTP2/gRPC already are.
         h2 = http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && port.protocol.is_http();
     }
+    // istiod: without an HTTP idle timeout the TCP one applies to the
+    // upstream HTTP connections too.
+    if common.idle_timeout.is_none()
+        && let Some(d) = pool.tcp.as_ref().and_then(|t| t.idle_timeout)
+    {
+        common.idle_timeout = Some(pb::duration(d.get()));
+        has_common = true;
+    }
     if has_common || h2 {
         let mut opts = current_http_options(c);
         if has_common {

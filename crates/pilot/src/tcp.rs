@@ -18,10 +18,12 @@ use std::collections::BTreeMap;
 
 use api::Object;
 use api::networking::VirtualService;
+use api::networking::destination_rule::LoadBalancerSettings;
 use api::networking::virtual_service::RouteDestination;
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, filter};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::r#type::v3::{HashPolicy, hash_policy};
 
 use crate::context::{gateway_key, labels_match};
 use crate::route::{RouteScope, destination_cluster};
@@ -44,6 +46,72 @@ fn tcp_proxy_filter(p: TcpProxy) -> Filter {
     Filter {
         name: TCP_PROXY.to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pb::any(&p))),
+    }
+}
+
+/// A `tcp_proxy` to `cluster_name` with the TCP settings of the
+/// DestinationRule the proxy sees for the cluster's host.
+pub(crate) fn tcp_proxy_with_rule(
+    scope: RouteScope<'_>,
+    stat_prefix: &str,
+    cluster_name: &str,
+) -> Filter {
+    let mut p = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+            cluster_name.to_owned(),
+        )),
+        ..Default::default()
+    };
+    apply_rule(scope, cluster_name, &mut p);
+    tcp_proxy_filter(p)
+}
+
+/// What istiod takes from the DestinationRule of the (first) destination's
+/// host into a `tcp_proxy`: the rule's top-level `connectionPool.tcp`
+/// `idleTimeout` (else Envoy's default hour) and `maxConnectionDuration`,
+/// and source-IP hashing when the rule (or the destination's subset) asks
+/// for a `consistentHash` on `useSourceIp`.
+fn apply_rule(scope: RouteScope<'_>, cluster_name: &str, p: &mut TcpProxy) {
+    let Some((_, subset, host)) = crate::endpoints::parse_outbound_name(cluster_name) else {
+        return;
+    };
+    let Some(svc) = scope.ctx.registry().service(host) else {
+        return;
+    };
+    let Some((_, rule)) = scope.ctx.destination_rule(scope.node, svc) else {
+        return;
+    };
+    let policy = rule.traffic_policy.as_ref();
+    if let Some(tcp) = policy
+        .and_then(|t| t.connection_pool.as_ref())
+        .and_then(|c| c.tcp.as_ref())
+    {
+        p.idle_timeout = tcp.idle_timeout.map(|d| pb::duration(d.get()));
+        p.max_downstream_connection_duration =
+            tcp.max_connection_duration.map(|d| pb::duration(d.get()));
+    }
+    let source_ip = |lb: Option<&LoadBalancerSettings>| {
+        lb.and_then(|l| l.consistent_hash.as_ref())
+            .and_then(|h| h.use_source_ip)
+            .unwrap_or(false)
+    };
+    let mut use_source_ip = source_ip(policy.and_then(|t| t.load_balancer.as_ref()));
+    if let Some(lb) = rule
+        .subsets
+        .iter()
+        .find(|s| s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+        .and_then(|t| t.load_balancer.as_ref())
+    {
+        use_source_ip = source_ip(Some(lb));
+    }
+    if use_source_ip {
+        p.hash_policy = vec![HashPolicy {
+            policy_specifier: Some(hash_policy::PolicySpecifier::SourceIp(
+                hash_policy::SourceIp::default(),
+            )),
+        }];
     }
 }
 
@@ -73,11 +141,11 @@ pub(crate) fn route_filter(
             ));
             None
         }
-        [(cluster, _)] => Some(tcp_proxy_to(cluster, cluster)),
+        [(cluster, _)] => Some(tcp_proxy_with_rule(scope, cluster, cluster)),
         many => {
             let weighted: Vec<_> = many.iter().filter(|(_, w)| *w > 0).collect();
             if let [(cluster, _)] = weighted.as_slice() {
-                return Some(tcp_proxy_to(cluster, cluster));
+                return Some(tcp_proxy_with_rule(scope, cluster, cluster));
             }
             if weighted.is_empty() {
                 diags.push(Diagnostic::new(
@@ -87,7 +155,7 @@ pub(crate) fn route_filter(
                 ));
                 return None;
             }
-            Some(tcp_proxy_filter(TcpProxy {
+            let mut p = TcpProxy {
                 stat_prefix: format!("{}.{}", obj.name(), obj.namespace()),
                 cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
                     tcp_proxy::WeightedCluster {
@@ -104,7 +172,15 @@ pub(crate) fn route_filter(
                     },
                 )),
                 ..Default::default()
-            }))
+            };
+            // The first destination's rule, without its subset (istiod).
+            if let Some((first, _)) = many.first()
+                && let Some((port, _, host)) = crate::endpoints::parse_outbound_name(first)
+            {
+                let unsubset = crate::cluster::outbound_name(port, "", host);
+                apply_rule(scope, &unsubset, &mut p);
+            }
+            Some(tcp_proxy_filter(p))
         }
     }
 }
@@ -211,7 +287,11 @@ pub(crate) fn service_chains(
     });
     chains.push(catch_all.unwrap_or_else(|| FilterChain {
         name: default_cluster.clone(),
-        filters: vec![tcp_proxy_to(&default_cluster, &default_cluster)],
+        filters: vec![tcp_proxy_with_rule(
+            scope,
+            &default_cluster,
+            &default_cluster,
+        )],
         ..Default::default()
     }));
     chains

@@ -559,3 +559,72 @@ spec:
         ))
     );
 }
+
+/// istiod's DestinationRule TCP settings: `connectionPool.tcp.idleTimeout`
+/// and `maxConnectionDuration` on the `tcp_proxy` (weighted routes take the
+/// first destination's rule), source-IP hashing, and the TCP idle timeout
+/// as the HTTP one when that is unset.
+#[test]
+fn destination_rule_tcp_settings_reach_tcp_proxy_and_cluster() {
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: echo, namespace: default}\nspec:\n  host: tcp-echo\n  trafficPolicy:\n    connectionPool:\n      tcp: {idleTimeout: 30s, maxConnectionDuration: 1h}\n    loadBalancer:\n      consistentHash: {useSourceIp: true}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+    let node = ProxyNode::sidecar("default", &[("app", "productpage")], None);
+    let secs = |s: i64| {
+        Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    // No VirtualService: the service's own chain.
+    let g = generate(
+        &node,
+        &ctx_with(rule, registry_with_tcp(), api::MeshConfig::default()),
+    );
+    let l = g.listener("0.0.0.0_9000").expect("0.0.0.0_9000");
+    let p = tcp_proxy(l.filter_chains.last().expect("chain"));
+    assert_eq!(p.idle_timeout, secs(30));
+    assert_eq!(p.max_downstream_connection_duration, secs(3600));
+    assert_eq!(p.hash_policy.len(), 1);
+    // Weighted VirtualService routes: the same rule applies.
+    let both = format!("{MESH_TCP}---\n{rule}");
+    let g = generate(
+        &node,
+        &ctx_with(&both, registry_with_tcp(), api::MeshConfig::default()),
+    );
+    let l = g.listener("0.0.0.0_9000").expect("0.0.0.0_9000");
+    let p = tcp_proxy(l.filter_chains.last().expect("chain"));
+    assert!(matches!(
+        p.cluster_specifier,
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(_))
+    ));
+    assert_eq!(p.idle_timeout, secs(30));
+    // Without a rule, Envoy's default (unset here).
+    let g = generate(
+        &node,
+        &ctx_with(MESH_TCP, registry_with_tcp(), api::MeshConfig::default()),
+    );
+    let l = g.listener("0.0.0.0_9000").expect("0.0.0.0_9000");
+    assert_eq!(
+        tcp_proxy(l.filter_chains.last().expect("chain")).idle_timeout,
+        None
+    );
+    // The cluster's upstream idle timeout falls back to the TCP one.
+    let c = g_cluster_idle(&generate(
+        &node,
+        &ctx_with(rule, registry_with_tcp(), api::MeshConfig::default()),
+    ));
+    assert_eq!(c, secs(30));
+}
+
+fn g_cluster_idle(g: &Generated) -> Option<envoy_types::pb::google::protobuf::Duration> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    let c = g
+        .cluster("outbound|9000||tcp-echo.default.svc.cluster.local")
+        .expect("cluster");
+    let opts: HttpProtocolOptions = decode(
+        c.typed_extension_protocol_options
+            .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+            .expect("options"),
+    );
+    opts.common_http_protocol_options
+        .and_then(|o| o.idle_timeout)
+}
