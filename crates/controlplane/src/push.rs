@@ -7,6 +7,7 @@ use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use registry::local::ResolvedWorkload;
 use xds::server::SnapshotCache;
+use xds::snapshot::TypeSnapshot;
 
 use crate::incremental::{self, Change};
 
@@ -20,10 +21,17 @@ pub struct ConfigStatus {
     pub warnings: Vec<String>,
 }
 
+/// Type sets by (type, version), and inserts since dead ones were dropped.
+#[derive(Default)]
+struct SharedSets {
+    sets: HashMap<(String, String), Weak<TypeSnapshot>>,
+    inserts: usize,
+}
+
 /// The state of one incremental EDS push shared by its proxies.
 struct EndpointPush<'a> {
     builder: pilot::endpoints::EndpointBuilder<'a>,
-    sets: HashMap<SetKey, Arc<xds::snapshot::TypeSnapshot>>,
+    sets: HashMap<SetKey, Arc<TypeSnapshot>>,
 }
 
 /// A proxy's previous EDS version and its updated assignments (name,
@@ -39,6 +47,10 @@ pub struct ControlPlane {
     /// Per node: the last translation diagnostics, to log each only once.
     node_diagnostics: Mutex<BTreeMap<String, Vec<String>>>,
     metrics: crate::metrics::CpMetrics,
+    /// Type sets already held by some proxy, by (type, version): proxies
+    /// with the same clusters, routes or endpoints (all the proxies of a
+    /// namespace, often) share one copy instead of a hundred.
+    shared_sets: Mutex<SharedSets>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -65,6 +77,7 @@ impl ControlPlane {
                 status: Mutex::default(),
                 node_diagnostics: Mutex::default(),
                 metrics: crate::metrics::CpMetrics::default(),
+                shared_sets: Mutex::default(),
             }
         })
     }
@@ -302,6 +315,34 @@ impl ControlPlane {
         true
     }
 
+    /// `snapshot` with each type set replaced by an equal one another proxy
+    /// already holds, when there is one. Equal versions are checked for
+    /// equal content: a hash collision must never hand a proxy another's
+    /// configuration.
+    fn share_sets(&self, snapshot: xds::Snapshot) -> xds::Snapshot {
+        let Ok(mut shared) = self.shared_sets.lock() else {
+            return snapshot;
+        };
+        let mut out = xds::Snapshot::new();
+        for (t, set) in snapshot.shared_types() {
+            let key = (t.to_owned(), set.version.clone());
+            match shared.sets.get(&key).and_then(Weak::upgrade) {
+                Some(held) if held.resources == set.resources => out.set_shared(t, held),
+                _ => {
+                    shared.sets.insert(key, Arc::downgrade(set));
+                    shared.inserts += 1;
+                    out.set_shared(t, Arc::clone(set));
+                }
+            }
+        }
+        // Forget sets no proxy holds any more, now and then.
+        if shared.inserts > 1024 {
+            shared.sets.retain(|_, w| w.strong_count() > 0);
+            shared.inserts = 0;
+        }
+        out
+    }
+
     /// Generates and installs the snapshot of one proxy.
     fn push_node(&self, node: &Node) {
         let Some(ctx) = self.context.load_full() else {
@@ -331,7 +372,7 @@ impl ControlPlane {
                         }
                     }
                 }
-                let snapshot = pilot::to_snapshot(&generated);
+                let snapshot = self.share_sets(pilot::to_snapshot(&generated));
                 let took = started.elapsed();
                 self.metrics.proxy_pushed("full");
                 let previous = self.cache.snapshot_for(&node.id);

@@ -517,9 +517,10 @@ struct SotwWatch {
     names: Option<BTreeSet<String>>,
     sent_version: Option<String>,
     sent_nonce: String,
-    /// The snapshot the last response came from: for types requested by
-    /// name, a push sends only the resources that differ from it.
-    sent: Option<Arc<Snapshot>>,
+    /// The set the last response came from: for types requested by name, a
+    /// push sends only the resources that differ from it. (The set, not its
+    /// whole snapshot, which would keep every other type's old set alive.)
+    sent: Option<Arc<TypeSnapshot>>,
 }
 
 struct SotwStream {
@@ -548,7 +549,7 @@ impl SotwStream {
         let Some(snapshot) = self.cache.snapshot_for(&self.node_id) else {
             return Ok(());
         };
-        let Some(ts) = snapshot.get(type_url) else {
+        let Some(ts) = snapshot.get_shared(type_url) else {
             return Ok(());
         };
         let Some(watch) = self.watches.get_mut(type_url) else {
@@ -560,7 +561,7 @@ impl SotwStream {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let previous = match (&watch.names, &watch.sent) {
-            (Some(_), Some(sent)) if !force => sent.get(type_url),
+            (Some(_), Some(sent)) if !force => Some(sent),
             _ => None,
         };
         let resources = ts
@@ -583,7 +584,7 @@ impl SotwStream {
         }
         watch.sent_version = Some(ts.version.clone());
         watch.sent_nonce = nonce.clone();
-        watch.sent = Some(Arc::clone(&snapshot));
+        watch.sent = Some(Arc::clone(ts));
         let response = DiscoveryResponse {
             version_info: ts.version.clone(),
             resources,

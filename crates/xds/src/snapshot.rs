@@ -79,6 +79,11 @@ impl Snapshot {
         self.types.remove(type_url)
     }
 
+    /// Every type's set, shareable with other snapshots.
+    pub fn shared_types(&self) -> impl Iterator<Item = (&str, &Arc<TypeSnapshot>)> {
+        self.types.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     pub fn types(&self) -> impl Iterator<Item = (&str, &TypeSnapshot)> {
         self.types.iter().map(|(k, v)| (k.as_str(), &**v))
     }
