@@ -21,6 +21,19 @@ pub struct ConfigStatus {
     pub warnings: Vec<String>,
 }
 
+/// One proxy translation, shared by the proxies of its generation key.
+struct Translated {
+    snapshot: xds::Snapshot,
+    diagnostics: Vec<String>,
+}
+
+/// Translations made from one push context, by generation key.
+#[derive(Default)]
+struct Translations {
+    context: Weak<pilot::PushContext>,
+    by_key: HashMap<pilot::GenerationKey, Arc<Translated>>,
+}
+
 /// Type sets by (type, version), and inserts since dead ones were dropped.
 #[derive(Default)]
 struct SharedSets {
@@ -51,6 +64,7 @@ pub struct ControlPlane {
     /// with the same clusters, routes or endpoints (all the proxies of a
     /// namespace, often) share one copy instead of a hundred.
     shared_sets: Mutex<SharedSets>,
+    translations: Mutex<Translations>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -78,6 +92,7 @@ impl ControlPlane {
                 node_diagnostics: Mutex::default(),
                 metrics: crate::metrics::CpMetrics::default(),
                 shared_sets: Mutex::default(),
+                translations: Mutex::default(),
             }
         })
     }
@@ -202,6 +217,21 @@ impl ControlPlane {
     /// Full pushes to `nodes`, generated on every core: each proxy's
     /// translation is independent, and a large mesh has many.
     fn push_all(&self, nodes: &[Node]) {
+        // One proxy per generation key first, in parallel; the others then
+        // find their translation made.
+        let mut keys = std::collections::HashSet::new();
+        let (firsts, rest): (Vec<&Node>, Vec<&Node>) = match self.context.load_full() {
+            Some(ctx) => nodes.iter().partition(|n| {
+                pilot::ProxyNode::from_node(n)
+                    .is_ok_and(|p| keys.insert(pilot::generation_key(&p, &ctx)))
+            }),
+            None => (nodes.iter().collect(), Vec::new()),
+        };
+        self.push_parallel(&firsts);
+        rest.into_iter().for_each(|n| self.push_node(n));
+    }
+
+    fn push_parallel(&self, nodes: &[&Node]) {
         let workers = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(nodes.len());
@@ -357,40 +387,77 @@ impl ControlPlane {
             }
         };
         let started = std::time::Instant::now();
-        match pilot::generate(&proxy, &ctx) {
-            Ok(generated) => {
-                let diags: Vec<String> = generated
-                    .diagnostics
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                if let Ok(mut seen) = self.node_diagnostics.lock() {
-                    let previous = seen.insert(node.id.clone(), diags.clone());
-                    if previous.as_ref() != Some(&diags) {
-                        for d in &diags {
-                            tracing::warn!(node = %node.id, diagnostic = %d, "translation");
-                        }
-                    }
-                }
-                let snapshot = self.share_sets(pilot::to_snapshot(&generated));
-                let took = started.elapsed();
-                self.metrics.proxy_pushed("full");
-                let previous = self.cache.snapshot_for(&node.id);
-                let changed = snapshot
-                    .types()
-                    .filter(|(t, ts)| {
-                        previous
-                            .as_deref()
-                            .and_then(|p| p.get(t))
-                            .is_none_or(|p| p.version != ts.version)
-                    })
-                    .map(|(t, ts)| (t.to_string(), ts.version.clone()))
-                    .collect();
-                self.metrics.pushed(&node.id, took, changed);
-                self.cache.set_snapshot(&node.id, snapshot);
+        let translated = match self.translate(&proxy, &ctx) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "cannot generate configuration");
+                return;
             }
-            Err(e) => tracing::warn!(node = %node.id, error = %e, "cannot generate configuration"),
+        };
+        if let Ok(mut seen) = self.node_diagnostics.lock() {
+            let previous = seen.insert(node.id.clone(), translated.diagnostics.clone());
+            if previous.as_ref() != Some(&translated.diagnostics) {
+                for d in &translated.diagnostics {
+                    tracing::warn!(node = %node.id, diagnostic = %d, "translation");
+                }
+            }
         }
+        let snapshot = translated.snapshot.clone();
+        let took = started.elapsed();
+        self.metrics.proxy_pushed("full");
+        let previous = self.cache.snapshot_for(&node.id);
+        let changed = snapshot
+            .types()
+            .filter(|(t, ts)| {
+                previous
+                    .as_deref()
+                    .and_then(|p| p.get(t))
+                    .is_none_or(|p| p.version != ts.version)
+            })
+            .map(|(t, ts)| (t.to_string(), ts.version.clone()))
+            .collect();
+        self.metrics.pushed(&node.id, took, changed);
+        self.cache.set_snapshot(&node.id, snapshot);
+    }
+
+    /// The translation of `proxy` under `ctx`: made once per generation key
+    /// and context, then shared by every proxy with that key.
+    fn translate(
+        &self,
+        proxy: &pilot::ProxyNode,
+        ctx: &Arc<pilot::PushContext>,
+    ) -> Result<Arc<Translated>, pilot::GenerateError> {
+        let key = pilot::generation_key(proxy, ctx);
+        let lookup = |t: &mut Translations| {
+            if !std::ptr::eq(t.context.as_ptr(), Arc::as_ptr(ctx)) {
+                t.context = Arc::downgrade(ctx);
+                t.by_key.clear();
+            }
+            t.by_key.get(&key).cloned()
+        };
+        if let Some(done) = self
+            .translations
+            .lock()
+            .ok()
+            .and_then(|mut t| lookup(&mut t))
+        {
+            return Ok(done);
+        }
+        let generated = pilot::generate(proxy, ctx)?;
+        let translated = Arc::new(Translated {
+            snapshot: self.share_sets(pilot::to_snapshot(&generated)),
+            diagnostics: generated
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+        if let Ok(mut t) = self.translations.lock()
+            && lookup(&mut t).is_none()
+        {
+            t.by_key.insert(key, Arc::clone(&translated));
+        }
+        Ok(translated)
     }
 
     /// What a full push would give `node` now, whatever the proxy holds:

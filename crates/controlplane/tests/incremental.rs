@@ -126,8 +126,13 @@ async fn incremental_pushes_equal_full_generation() {
         cache,
         std::future::pending(),
     ));
-    // A client of nothing in particular, and one that is an instance of `b`.
-    let nodes = [sidecar("10.0.0.1", "client"), sidecar("10.0.0.9", "b")];
+    // Clients of nothing in particular, and one that is an instance of `b`.
+    // A replica of the client shares its translation (same generation key).
+    let nodes = [
+        sidecar("10.0.0.1", "client"),
+        sidecar("10.0.0.9", "b"),
+        sidecar("10.0.0.2", "client"),
+    ];
     let mut handles = Vec::new();
     for node in &nodes {
         let config = AdsClientConfig::from_uri(
@@ -187,7 +192,7 @@ async fn incremental_pushes_equal_full_generation() {
     cp.update_config(&load(generation));
     check(&cp, "endpoint of a moved");
     assert_eq!(pushes(&cp, "full"), full, "no full push");
-    assert_eq!(pushes(&cp, "endpoints"), eds + 2, "two incremental pushes");
+    assert_eq!(pushes(&cp, "endpoints"), eds + 3, "incremental pushes");
     for (id, before) in ids.iter().zip(&before) {
         let after = versions(&cp, id);
         for t in [CLUSTER, LISTENER, ROUTE] {
@@ -219,7 +224,7 @@ async fn incremental_pushes_equal_full_generation() {
     cp.update_config(&load(generation));
     check(&cp, "own instance moved");
     assert_eq!(pushes(&cp, "full"), full + 1, "the instance's proxy");
-    assert_eq!(pushes(&cp, "endpoints"), eds + 1, "the other proxy");
+    assert_eq!(pushes(&cp, "endpoints"), eds + 2, "the other proxies");
 
     // A DNS service's endpoints live in its cluster: a full push.
     let before = versions(&cp, &ids[0]);

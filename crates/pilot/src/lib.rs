@@ -146,6 +146,40 @@ pub enum GenerateError {
     UnsupportedProxy(String),
 }
 
+/// What one proxy's resources depend on besides the push context.
+/// Proxies with equal keys (the replicas of a workload) get identical
+/// resources, so the control plane translates once per key. Everything
+/// [`generate`] reads from a [`ProxyNode`] must be in it: the node's
+/// addresses count only through the registry endpoints that are its own
+/// instances (the inbound ports they serve), and its id appears only in
+/// diagnostics. The incremental-push test compares shared results with
+/// a fresh translation per proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GenerationKey {
+    kind: NodeKind,
+    namespace: String,
+    dns_domain: String,
+    labels: BTreeMap<String, String>,
+    service_account: String,
+    workload_name: String,
+    local: Option<LocalPorts>,
+    served: Vec<(u32, registry::Protocol)>,
+}
+
+/// The [`GenerationKey`] of `node` under `ctx`.
+pub fn generation_key(node: &ProxyNode, ctx: &PushContext) -> GenerationKey {
+    GenerationKey {
+        kind: node.kind,
+        namespace: node.namespace.clone(),
+        dns_domain: node.dns_domain.clone(),
+        labels: node.labels.clone(),
+        service_account: node.service_account.clone(),
+        workload_name: node.workload_name.clone(),
+        local: node.local.clone(),
+        served: sidecar::served_ports(node, ctx).into_iter().collect(),
+    }
+}
+
 /// Builds every xDS resource the proxy `node` needs.
 pub fn generate(node: &ProxyNode, ctx: &PushContext) -> Result<Generated, GenerateError> {
     let mut out = match node.kind {

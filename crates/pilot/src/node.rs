@@ -20,7 +20,7 @@ pub const META_APP_PORTS: &str = "TRELLIS_APP_PORTS";
 /// `TRELLIS_LOCAL`: `true` for a gateway that binds 127.0.0.1 (no capture).
 pub const META_LOCAL: &str = "TRELLIS_LOCAL";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeKind {
     Sidecar,
     /// An ingress/egress gateway (`router~`).
@@ -30,7 +30,7 @@ pub enum NodeKind {
 
 /// Trellis local mode: the proxy has no traffic capture, the application
 /// talks to explicit local ports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct LocalPorts {
     /// Outbound HTTP-proxy listener port (sidecars).
     pub outbound: Option<u32>,

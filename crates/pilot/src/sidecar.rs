@@ -496,7 +496,7 @@ pub fn vhost_domains(
 /// Target ports this workload serves, with their protocol, from the
 /// registry: endpoints with this workload's name (and namespace), or with
 /// one of its (non-loopback) addresses.
-fn served_ports(node: &ProxyNode, ctx: &PushContext) -> BTreeMap<u32, Protocol> {
+pub(crate) fn served_ports(node: &ProxyNode, ctx: &PushContext) -> BTreeMap<u32, Protocol> {
     let mut ports = BTreeMap::new();
     for ((host, port), eps) in &ctx.registry().endpoints {
         let Some(svc) = ctx.registry().service(host) else {

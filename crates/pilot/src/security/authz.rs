@@ -196,8 +196,9 @@ impl Builder {
                 "",
                 "",
                 format!(
-                    "workload {}: CUSTOM policies name several providers ({}); only one per workload is supported, so their rules deny",
-                    node.id,
+                    "workload {}/{}: CUSTOM policies name several providers ({}); only one per workload is supported, so their rules deny",
+                    node.namespace,
+                    node.workload_name,
                     by_provider.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             ));
