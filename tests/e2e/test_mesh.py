@@ -302,7 +302,9 @@ def test_request_timeout(mesh):
     assert r.status == 200, r.describe()  # productpage itself answers, reporting the failed call
     reviews = r.call("reviews")
     assert "upstream request timeout" in reviews.get("body", ""), r.describe()
-    assert 0.5 <= r.elapsed < 2.5, f"{r.elapsed:.2f}s: the 0.5s timeout should cut the 3s wait"
+    # Envoy's timers run on its loop's cached clock and may fire a few ms
+    # before the client sees 0.5 s go by.
+    assert 0.45 <= r.elapsed < 2.5, f"{r.elapsed:.2f}s: the 0.5s timeout should cut the 3s wait"
 
 
 RETRY_VS = """\
