@@ -628,3 +628,48 @@ fn g_cluster_idle(g: &Generated) -> Option<envoy_types::pb::google::protobuf::Du
     opts.common_http_protocol_options
         .and_then(|o| o.idle_timeout)
 }
+
+/// A server's `bind` gets its own listener `<bind>_<port>` on that address,
+/// and its route table names carry the address, as istiod names them.
+#[test]
+fn bind_gets_its_own_listener_and_route_names() {
+    let gw = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 8080, name: http-internal, protocol: HTTP}
+    bind: 10.1.2.3
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: pp, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - route:
+    - destination: {host: productpage.default.svc.cluster.local, port: {number: 9080}}
+"#;
+    let g = generate(
+        &ingress(),
+        &ctx_with(gw, registry_with_tcp(), api::MeshConfig::default()),
+    );
+    let wild = g.listener("0.0.0.0_8080").expect("0.0.0.0_8080");
+    let bound = g.listener("10.1.2.3_8080").expect("10.1.2.3_8080");
+    let address = |l: &Listener| match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+            s.address.clone()
+        }
+        _ => String::new(),
+    };
+    assert_eq!(address(wild), "127.0.0.1", "local-mode gateway default");
+    assert_eq!(address(bound), "10.1.2.3");
+    assert!(g.route("http.8080").is_some());
+    assert!(g.route("http.8080.10.1.2.3").is_some());
+}

@@ -1,7 +1,8 @@
 //! Gateway (router) output: for every `Gateway` whose selector matches the
-//! proxy's labels, a listener per server port (`0.0.0.0_<port>`, bound to
-//! `0.0.0.0` in capture mode, `127.0.0.1` in local mode) with, as istiod
-//! builds them (`gateway.go`):
+//! proxy's labels, a listener per server port and `bind` (`0.0.0.0_<port>`,
+//! bound to `0.0.0.0` in capture mode, `127.0.0.1` in local mode; a
+//! server's `bind` address instead, in the name too, and appended to its
+//! route table names) with, as istiod builds them (`gateway.go`):
 //!
 //! - plain HTTP servers: one chain routed by `http.<port>` (one virtual
 //!   host per host that a bound VirtualService and a server both name;
@@ -45,15 +46,30 @@ use crate::{Diagnostic, Generated, pb};
 
 pub use tls::{CA_SUFFIX, KUBERNETES_PREFIX};
 
-/// The route table name of a gateway's plain HTTP servers on `port`.
-pub fn route_name(port: u32) -> String {
-    format!("http.{port}")
+/// The route table name of a gateway's plain HTTP servers on `port`
+/// (`http.<port>`, `.<bind>` appended for servers with a `bind`).
+pub fn route_name(port: u32, bind: &str) -> String {
+    if bind.is_empty() {
+        format!("http.{port}")
+    } else {
+        format!("http.{port}.{bind}")
+    }
 }
 
 /// The route table name of an HTTPS server terminating TLS:
 /// `https.<port>.<port name>.<gateway name>.<gateway namespace>`.
-pub fn https_route_name(port: u32, port_name: &str, gateway: &str, namespace: &str) -> String {
-    format!("https.{port}.{port_name}.{gateway}.{namespace}")
+pub fn https_route_name(
+    port: u32,
+    port_name: &str,
+    gateway: &str,
+    namespace: &str,
+    bind: &str,
+) -> String {
+    if bind.is_empty() {
+        format!("https.{port}.{port_name}.{gateway}.{namespace}")
+    } else {
+        format!("https.{port}.{port_name}.{gateway}.{namespace}.{bind}")
+    }
 }
 
 /// One server of a selected Gateway.
@@ -112,31 +128,36 @@ pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
     cluster::add_outbound(node, ctx, &services, &mut out);
     out.clusters.push(cluster::blackhole(ctx));
 
-    // Servers of every selected Gateway, grouped by port.
-    let mut by_port: BTreeMap<u32, Vec<ServerRef<'_>>> = BTreeMap::new();
+    // Servers of every selected Gateway, grouped by port and `bind` (one
+    // listener each, `<bind>_<port>`, as istiod names them).
+    let mut by_port: BTreeMap<(u32, String), Vec<ServerRef<'_>>> = BTreeMap::new();
     for (obj, gw) in ctx.gateways_for(&node.labels) {
         for (i, server) in gw.servers.iter().enumerate() {
             let Some(port) = server.port.as_ref().filter(|p| p.number != 0) else {
                 continue;
             };
-            by_port.entry(port.number).or_default().push(ServerRef {
-                gw_key: obj.key(),
-                gw_name: obj.name(),
-                gw_ns: obj.namespace(),
-                field: format!("spec.servers[{i}]"),
-                server,
-            });
+            let bind = server.bind.clone().unwrap_or_default();
+            by_port
+                .entry((port.number, bind))
+                .or_default()
+                .push(ServerRef {
+                    gw_key: obj.key(),
+                    gw_name: obj.name(),
+                    gw_ns: obj.namespace(),
+                    field: format!("spec.servers[{i}]"),
+                    server,
+                });
         }
     }
 
     let sec = WorkloadSecurity::for_node(node, ctx, &mut out.diagnostics);
-    let bind = if node.is_local() {
+    let wildcard = if node.is_local() {
         "127.0.0.1"
     } else {
         "0.0.0.0"
     };
     let mut secrets = tls::SecretSet::default();
-    for (port, servers) in by_port {
+    for ((port, bind), servers) in by_port {
         let mut chains = Vec::new();
         let kinds: Vec<ServerKind> = servers
             .iter()
@@ -177,9 +198,9 @@ pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
                 vhosts.push(direct_vhost(&format!("blackhole:{port}"), 404, ""));
             }
             out.routes
-                .push(gateway_route_config(&route_name(port), vhosts));
+                .push(gateway_route_config(&route_name(port, &bind), vhosts));
             chains.push(FilterChain {
-                filters: vec![gateway_hcm(port, &route_name(port), &sec)],
+                filters: vec![gateway_hcm(port, &route_name(port, &bind), &sec)],
                 ..Default::default()
             });
         } else {
@@ -201,9 +222,11 @@ pub(crate) fn generate(node: &ProxyNode, ctx: &PushContext) -> Generated {
         if chains.is_empty() {
             continue;
         }
+        let address = if bind.is_empty() { wildcard } else { &bind };
+        let name = if bind.is_empty() { "0.0.0.0" } else { &bind };
         let mut l = listener(
-            &format!("0.0.0.0_{port}"),
-            bind,
+            &format!("{name}_{port}"),
+            address,
             port,
             TrafficDirection::Outbound,
             chains,
@@ -264,7 +287,13 @@ fn server_chains(
             };
             secrets.secrets.extend(scratch.secrets);
             let port_name = s.server.port.as_ref().map_or("", |p| p.name.as_str());
-            let rname = https_route_name(port, port_name, s.gw_name, s.gw_ns);
+            let rname = https_route_name(
+                port,
+                port_name,
+                s.gw_name,
+                s.gw_ns,
+                s.server.bind.as_deref().unwrap_or_default(),
+            );
             let mut vhosts = gateway_vhosts(node, ctx, port, &[s], &mut out.diagnostics);
             if vhosts.is_empty() {
                 vhosts.push(direct_vhost(&format!("blackhole:{port}"), 404, ""));
