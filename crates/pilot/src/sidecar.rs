@@ -306,37 +306,50 @@ fn capture_mode(
             ));
             continue;
         }
-        let [svc] = svcs.as_slice() else {
-            // TODO: per-VIP listeners (`<vip>_<port>`) once services carry VIPs.
-            out.diagnostics.push(Diagnostic::new(
+        // A port shared by several services: each service's VIPs get their
+        // own listener (`<vip>_<port>`, istiod's naming), which original-
+        // destination handoff prefers to the wildcard one; what is left
+        // without a VIP takes `0.0.0.0_<port>` if it is alone.
+        let shared = svcs.len() > 1;
+        let mut wildcard: Vec<&Service> = Vec::new();
+        for svc in svcs {
+            let vips: Vec<&str> = if shared {
+                svc.addresses
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if vips.is_empty() {
+                wildcard.push(svc);
+            }
+            for vip in vips {
+                let l = tcp_service_listener(node, ctx, svc, vip, port, &mut out.diagnostics);
+                out.listeners.push(l);
+            }
+        }
+        match wildcard.as_slice() {
+            [] => {}
+            [svc] => {
+                let l = tcp_service_listener(node, ctx, svc, "0.0.0.0", port, &mut out.diagnostics);
+                out.listeners.push(l);
+            }
+            several => out.diagnostics.push(Diagnostic::new(
                 "",
                 "",
-                format!("TCP port {port} is shared by {} services; not routed (needs per-VIP listeners)", svcs.len()),
-            ));
-            continue;
-        };
-        // The service's mesh VirtualService `tls`/`tcp` routes, else the
-        // service itself.
-        let scope = RouteScope {
-            ctx,
-            node,
-            gateway: api::defaults::MESH_GATEWAY,
-            port,
-        };
-        let tls_service = svc
-            .port(port)
-            .is_some_and(|p| matches!(p.protocol, Protocol::Tls | Protocol::Https));
-        let chains = tcp::service_chains(scope, &svc.hostname, tls_service, &mut out.diagnostics);
-        let mut l = listener(
-            &format!("0.0.0.0_{port}"),
-            "0.0.0.0",
-            port,
-            TrafficDirection::Outbound,
-            chains,
-        );
-        l.bind_to_port = Some(pb::boolv(false));
-        add_tls_inspector(&mut l);
-        out.listeners.push(l);
+                format!(
+                    "TCP port {port} is shared by {} services without a VIP ({}); not routed",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(|s| s.hostname.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
     }
 
     // Inbound: one filter chain per served target port.
@@ -395,6 +408,39 @@ fn capture_mode(
         INBOUND_PASSTHROUGH_CLUSTER,
         Some(cluster::INBOUND_PASSTHROUGH_BIND),
     ));
+}
+
+/// The outbound listener of one TCP service port on `address`
+/// (`<address>_<port>`): the service's mesh VirtualService `tls`/`tcp`
+/// routes, else the service itself.
+fn tcp_service_listener(
+    node: &ProxyNode,
+    ctx: &PushContext,
+    svc: &Service,
+    address: &str,
+    port: u32,
+    diags: &mut Vec<Diagnostic>,
+) -> Listener {
+    let scope = RouteScope {
+        ctx,
+        node,
+        gateway: api::defaults::MESH_GATEWAY,
+        port,
+    };
+    let tls_service = svc
+        .port(port)
+        .is_some_and(|p| matches!(p.protocol, Protocol::Tls | Protocol::Https));
+    let chains = tcp::service_chains(scope, &svc.hostname, tls_service, diags);
+    let mut l = listener(
+        &format!("{address}_{port}"),
+        address,
+        port,
+        TrafficDirection::Outbound,
+        chains,
+    );
+    l.bind_to_port = Some(pb::boolv(false));
+    add_tls_inspector(&mut l);
+    l
 }
 
 /// One virtual host per visible (HTTP service, port); `only_port` limits

@@ -673,3 +673,47 @@ spec:
     assert!(g.route("http.8080").is_some());
     assert!(g.route("http.8080.10.1.2.3").is_some());
 }
+
+/// Capture mode: TCP services sharing a port get a listener per VIP
+/// (`<vip>_<port>`), and the one without a VIP the wildcard listener.
+#[test]
+fn tcp_services_sharing_a_port_get_listeners_per_vip() {
+    let mut reg = registry_with_tcp();
+    for (name, vip) in [("db-a", "10.9.0.1"), ("db-b", "10.9.0.2")] {
+        let mut svc = service(name, "default", &[(9000, Protocol::Tcp)]);
+        svc.addresses = vec![vip.to_owned()];
+        reg.services.insert(svc.hostname.clone(), svc);
+    }
+    let node = ProxyNode::sidecar("default", &[("app", "productpage")], None);
+    let g = generate(
+        &node,
+        &ctx_with("", reg.clone(), api::MeshConfig::default()),
+    );
+    for (listener, host) in [
+        ("10.9.0.1_9000", "db-a"),
+        ("10.9.0.2_9000", "db-b"),
+        ("0.0.0.0_9000", "tcp-echo"),
+    ] {
+        let l = g.listener(listener).unwrap_or_else(|| panic!("{listener}"));
+        assert_eq!(
+            tcp_proxy(l.filter_chains.last().expect("chain")).cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster(format!(
+                "outbound|9000||{host}.default.svc.cluster.local"
+            ))),
+            "{listener}"
+        );
+    }
+    // A second service without a VIP: neither is routed, and it is said.
+    let svc = service("db-c", "default", &[(9000, Protocol::Tcp)]);
+    reg.services.insert(svc.hostname.clone(), svc);
+    let g = generate(&node, &ctx_with("", reg, api::MeshConfig::default()));
+    assert!(g.listener("0.0.0.0_9000").is_none());
+    assert!(g.listener("10.9.0.1_9000").is_some());
+    assert!(
+        g.diagnostics
+            .iter()
+            .any(|d| d.message.contains("without a VIP")),
+        "{:?}",
+        g.diagnostics
+    );
+}
