@@ -699,6 +699,9 @@ struct DeltaWatch {
     /// What the client holds: name → version (hash of the resource).
     known: BTreeMap<String, String>,
     sent_nonce: String,
+    /// The set the last response was computed from: a resource still equal
+    /// to its entry there, and known to the client, is not hashed again.
+    sent: Option<Arc<TypeSnapshot>>,
 }
 
 struct DeltaStream {
@@ -714,13 +717,14 @@ impl DeltaStream {
     /// `force`, sends even an empty response (answers an initial request).
     async fn send_diff(&mut self, type_url: &str, force: bool) -> Result<(), End> {
         let snapshot = self.cache.snapshot_for(&self.node_id);
-        let Some(ts) = snapshot.as_deref().and_then(|s| s.get(type_url)) else {
+        let Some(ts) = snapshot.as_deref().and_then(|s| s.get_shared(type_url)) else {
             return Ok(());
         };
         let Some(watch) = self.watches.get_mut(type_url) else {
             return Ok(());
         };
         let (resources, removed) = diff(watch, ts);
+        watch.sent = Some(Arc::clone(ts));
         if resources.is_empty() && removed.is_empty() && !force {
             return Ok(());
         }
@@ -753,8 +757,18 @@ impl DeltaStream {
 /// Computes updated and removed resources and records them as known.
 fn diff(watch: &mut DeltaWatch, ts: &TypeSnapshot) -> (Vec<Resource>, Vec<String>) {
     let mut updated = Vec::new();
+    let sent = watch.sent.clone();
     for (name, any) in &ts.resources {
         if !watch.wildcard && !watch.names.contains(name) {
+            continue;
+        }
+        // Unchanged since the last response and held by the client: the
+        // common case of a push, decided without hashing.
+        if watch.known.contains_key(name)
+            && sent
+                .as_ref()
+                .is_some_and(|s| s.resources.get(name) == Some(any))
+        {
             continue;
         }
         let version = resource_version(any);
@@ -833,6 +847,7 @@ impl StreamHandler for DeltaStream {
                     names,
                     known,
                     sent_nonce: String::new(),
+                    sent: None,
                 },
             );
             return self.send_diff(&t, true).await;
