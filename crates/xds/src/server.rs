@@ -771,7 +771,9 @@ fn diff(watch: &mut DeltaWatch, ts: &TypeSnapshot) -> (Vec<Resource>, Vec<String
         {
             continue;
         }
-        let version = resource_version(any);
+        let version = ts
+            .resource_version(name)
+            .map_or_else(|| resource_version(any), str::to_owned);
         if watch.known.get(name) == Some(&version) {
             continue;
         }

@@ -10,10 +10,42 @@ use crate::type_url;
 pub type Resources = BTreeMap<String, prost_types::Any>;
 
 /// All resources of one type at one version.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct TypeSnapshot {
     pub version: String,
     pub resources: Resources,
+    /// Per-resource versions (delta xDS), computed once per set: a set
+    /// shared by many proxies is hashed once, not once per stream.
+    resource_versions: std::sync::OnceLock<BTreeMap<String, String>>,
+}
+
+impl PartialEq for TypeSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.resources == other.resources
+    }
+}
+
+impl TypeSnapshot {
+    pub fn new(version: impl Into<String>, resources: Resources) -> Self {
+        Self {
+            version: version.into(),
+            resources,
+            resource_versions: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The delta xDS version of the resource `name`.
+    pub fn resource_version(&self, name: &str) -> Option<&str> {
+        self.resource_versions
+            .get_or_init(|| {
+                self.resources
+                    .iter()
+                    .map(|(n, any)| (n.clone(), resource_version(any)))
+                    .collect()
+            })
+            .get(name)
+            .map(String::as_str)
+    }
 }
 
 /// What one proxy should see: for each type URL, a version and its resources.
@@ -36,10 +68,7 @@ impl Snapshot {
     pub fn set(&mut self, type_url: &str, version: impl Into<String>, resources: Resources) {
         self.types.insert(
             type_url.to_owned(),
-            Arc::new(TypeSnapshot {
-                version: version.into(),
-                resources,
-            }),
+            Arc::new(TypeSnapshot::new(version, resources)),
         );
     }
 
