@@ -33,7 +33,9 @@ failed=$(grep -oE "[0-9]+ failed" /tmp/trellis-cargo-test.log | awk '{s+=$1} END
 echo "cargo test: $passed passed, $failed failed"
 
 echo "== building trellis for the end-to-end suite"
-cargo build --quiet -p trellis --bin trellis
+# trellis-proxy too: `trellis up` runs the proxies with the trellis-proxy next
+# to it when there is one, so a stale one must not be left behind.
+cargo build --quiet -p trellis -p trellis-proxy --bins
 export TRELLIS_BIN="$PWD/target/debug/trellis"
 
 echo "== end-to-end differential suite (trellis vs envoy)"

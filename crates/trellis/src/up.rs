@@ -183,6 +183,40 @@ fn spawn_in(
     })
 }
 
+/// How `trellis up` starts a proxy: its program, and the argv that comes
+/// before the proxy's flags.
+struct ProxyCommand {
+    program: PathBuf,
+    prefix: Vec<String>,
+}
+
+impl ProxyCommand {
+    /// `trellis-proxy` when it sits next to this executable (the data plane
+    /// alone: a sidecar maps far fewer code pages than with the whole
+    /// `trellis` binary), else `trellis proxy`; both take the same flags.
+    fn beside(me: &std::path::Path) -> Self {
+        let dedicated = me.with_file_name(format!("trellis-proxy{}", std::env::consts::EXE_SUFFIX));
+        if dedicated.is_file() {
+            Self {
+                program: dedicated,
+                prefix: Vec::new(),
+            }
+        } else {
+            Self {
+                program: me.to_path_buf(),
+                prefix: vec!["proxy".to_string()],
+            }
+        }
+    }
+
+    /// The whole argv for the proxy's flags.
+    fn argv(&self, flags: Vec<String>) -> Vec<String> {
+        let mut v = self.prefix.clone();
+        v.extend(flags);
+        v
+    }
+}
+
 fn proxy_argv(
     args: &UpArgs,
     role: &str,
@@ -197,7 +231,7 @@ fn proxy_argv(
         stats,
         agent,
     } = ports;
-    let mut v: Vec<String> = ["proxy", "--mode", role, "--xds-address"]
+    let mut v: Vec<String> = ["--mode", role, "--xds-address"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -293,11 +327,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => None,
     };
     let me = std::env::current_exe()?;
+    let proxy_cmd = ProxyCommand::beside(&me);
+    tracing::info!(program = %proxy_cmd.program.display(), "proxies");
     let mut children = Vec::new();
     let mut node_ids = Vec::new();
 
     // The ingress gateway, selected by Gateways with `istio: ingressgateway`.
-    let mut gw_argv = proxy_argv(
+    let mut gw_argv = proxy_cmd.argv(proxy_argv(
         &args,
         "gateway",
         "istio-ingressgateway",
@@ -309,14 +345,14 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             stats: GATEWAY_STATS_PORT,
             agent: GATEWAY_AGENT_PORT,
         },
-    );
+    ));
     let mut gw_env = Vec::new();
     if let Some(h) = &handout {
         let (argv, env) = h.for_workload("istio-system", "istio-ingressgateway-service-account")?;
         gw_argv.extend(argv);
         gw_env = env;
     }
-    children.push(spawn("ingress", &me, &gw_argv, &gw_env)?);
+    children.push(spawn("ingress", &proxy_cmd.program, &gw_argv, &gw_env)?);
     node_ids.push(
         "router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"
             .to_string(),
@@ -337,7 +373,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             );
         }
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut argv = proxy_argv(
+        let mut argv = proxy_cmd.argv(proxy_argv(
             &args,
             "sidecar",
             &w.name,
@@ -349,7 +385,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
                 stats: w.stats_port,
                 agent: w.agent_port,
             },
-        );
+        ));
         argv.extend(["--local-outbound-port".into(), w.outbound_port.to_string()]);
         for (target, port) in &w.inbound_ports {
             argv.extend(["--local-inbound".into(), format!("{target}={port}")]);
@@ -363,7 +399,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             argv.extend(ca_argv);
             env = ca_env;
         }
-        children.push(spawn(&format!("{}-proxy", w.name), &me, &argv, &env)?);
+        children.push(spawn(
+            &format!("{}-proxy", w.name),
+            &proxy_cmd.program,
+            &argv,
+            &env,
+        )?);
         node_ids.push(w.node_id("cluster.local"));
         match &w.runner {
             registry::local::Runner::Demo { .. } => {
@@ -446,4 +487,28 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 async fn wait_for_stop() {
     proxy::shutdown_signal().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxies_run_trellis_proxy_when_it_sits_next_to_trellis() {
+        let dir = std::env::temp_dir().join(format!("trellis-up-test-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let me = dir.join("trellis");
+        let beside = dir.join(format!("trellis-proxy{}", std::env::consts::EXE_SUFFIX));
+        let _ = std::fs::remove_file(&beside);
+
+        let alone = ProxyCommand::beside(&me);
+        assert_eq!(alone.program, me);
+        assert_eq!(alone.argv(vec!["-l".into()]), ["proxy", "-l"]);
+
+        assert!(std::fs::write(&beside, b"").is_ok());
+        let dedicated = ProxyCommand::beside(&me);
+        assert_eq!(dedicated.program, beside);
+        assert_eq!(dedicated.argv(vec!["-l".into()]), ["-l"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
