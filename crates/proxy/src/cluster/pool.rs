@@ -185,15 +185,19 @@ impl HostPool {
         idle_timeout: Option<Duration>,
     ) {
         if let Ok(mut idle) = self.idle_h1.lock() {
+            // One clock read for the whole list: this runs after every
+            // request, and `elapsed()` per idle connection made it a clock
+            // read per pooled connection.
+            let now = Instant::now();
             // Drop connections that sat idle too long (closing them).
             if let Some(t) = idle_timeout {
-                idle.retain(|c| c.since.elapsed() < t);
+                idle.retain(|c| now.saturating_duration_since(c.since) < t);
             }
             if idle.len() < MAX_IDLE_H1 {
                 idle.push(IdleH1 {
                     sender,
                     meta,
-                    since: Instant::now(),
+                    since: now,
                 });
             }
         }

@@ -507,8 +507,18 @@ pub(super) async fn forward(
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri.clone();
         *req.version_mut() = http_version;
-        *req.headers_mut() = headers.clone();
-        state.upstream_host = Some(host.target.to_string());
+        // Only a retry policy brings a second attempt; without one the only
+        // attempt takes the headers instead of copying them.
+        *req.headers_mut() = if retry.is_some() {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        if !tried.is_empty() {
+            // A retry may have picked another host; the first attempt's
+            // is already recorded (formatting an address is not free).
+            state.upstream_host = Some(host.target.to_string());
+        }
         let traced_attempt = state.trace.as_mut().map(|t| {
             t.start_attempt(
                 req.headers_mut(),

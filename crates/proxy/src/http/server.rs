@@ -21,6 +21,9 @@ use crate::body::{self, Body};
 use crate::cluster::{Host, UpstreamError};
 use crate::drain::DrainWatch;
 
+type ServiceFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 pub async fn serve_connection<IO>(io: IO, info: Arc<ConnInfo>, mut drain: DrainWatch)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -49,9 +52,13 @@ where
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    let svc = service_fn(move |req| {
+    // Boxed: hyper keeps a slot for the service future in every HTTP/1.1
+    // connection for its whole life, so an unboxed future (several KiB: the
+    // whole request path) would be paid by every idle keep-alive connection,
+    // not only by the ones with a request in flight.
+    let svc = service_fn(move |req| -> ServiceFuture {
         let info = Arc::clone(&info);
-        async move { Ok::<_, Infallible>(service::handle(info, req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(service::handle(info, req).await) })
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

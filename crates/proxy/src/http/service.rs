@@ -127,8 +127,18 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
     let start_time = SystemTime::now();
     let hcm = Arc::clone(&conn.hcm);
     let (mut parts, body) = req.into_parts();
-    // Counted even without access logs: the Istio metrics need the sizes.
-    let (body, progress) = super::log::count_request(body::incoming(body), state.start, state.grpc);
+    // The log entry (sizes, timings, flags) feeds access logs, the Istio
+    // metrics and trace spans; with none of them configured, building it
+    // and wrapping both bodies would be per-request work nobody reads.
+    let observed =
+        !hcm.access_logs.is_empty() || hcm.istio_stats.is_some() || hcm.tracing.is_some();
+    let (body, progress) = if observed {
+        let (body, progress) =
+            super::log::count_request(body::incoming(body), state.start, state.grpc);
+        (body, Some(progress))
+    } else {
+        (body::incoming(body), None)
+    };
     state.downstream_remote = final_remote_address(&conn, &parts.headers);
     let request_id = prepare_request(&conn, &mut parts.headers);
     let exchange = hcm.peer_metadata;
@@ -179,7 +189,10 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Bod
         upstream = state.upstream_host.as_deref().unwrap_or("-"),
         "request"
     );
-    log_when_sent(&conn, &parts, resp, state, start_time, progress)
+    match progress {
+        Some(progress) => log_when_sent(&conn, &parts, resp, state, start_time, progress),
+        None => resp,
+    }
 }
 
 /// Attaches the access log entry to the response body (logged, and recorded
@@ -350,7 +363,10 @@ fn prepare_request(conn: &ConnInfo, headers: &mut HeaderMap) -> Option<HeaderVal
     let internal = headers
         .get(&X_ENVOY_INTERNAL)
         .is_some_and(|v| v.as_bytes() == b"true");
-    if !internal {
+    // One pass over the request's few headers instead of a lookup (name
+    // parse and hash) per stripped name: almost no request carries any.
+    let steering = || headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
+    if !internal && steering() {
         for h in EXTERNAL_STRIPPED {
             headers.remove(h);
         }
@@ -361,7 +377,9 @@ fn prepare_request(conn: &ConnInfo, headers: &mut HeaderMap) -> Option<HeaderVal
         }
     }
     if hcm.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
-        let id = uuid::Uuid::new_v4();
+        // From the thread's CSPRNG: `new_v4` asks the kernel (a getrandom
+        // syscall) for every request.
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = id.hyphenated().encode_lower(&mut buf);
         if let Ok(v) = HeaderValue::from_str(text) {
