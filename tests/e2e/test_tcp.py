@@ -1,4 +1,4 @@
-"""TCP proxy scenarios: weighted cluster split, idle timeout."""
+"""TCP proxy scenarios: weighted cluster split, idle timeout, maximum connection duration."""
 from harness import TcpIdleReq, TcpReq, assert_weights, bootstrap, static_cluster, tcp_listener
 
 
@@ -23,3 +23,14 @@ def test_tcp_proxy_idle_timeout_closes_connection(e2e):
     # the idle timer starts at the last byte relayed, just before we start measuring: lower bound only
     assert idle.elapsed >= 0.4
     assert default.closed is False   # default idle_timeout is 1h
+
+
+def test_tcp_proxy_max_downstream_connection_duration(e2e):
+    """Istio's DestinationRule maxConnectionDuration: the connection is closed
+    at that age even though the idle timeout is far away."""
+    t = e2e.upstream("db", "v1", tcp=True)
+    bs = bootstrap([tcp_listener("capped", "db", idle_timeout="30s",
+                                 max_downstream_connection_duration="1s")],
+                   [static_cluster("db", [t.tcp_endpoint])])
+    (capped,) = e2e.differential(bs, [TcpIdleReq(b"hi\n", wait=5.0, listener="capped")])
+    assert capped.body == b"db/v1: hi\n" and capped.closed is True

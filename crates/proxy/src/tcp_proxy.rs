@@ -39,6 +39,9 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     clusters: Clusters,
     idle_timeout: Option<Duration>,
+    /// `max_downstream_connection_duration`: the connection is closed once
+    /// it is this old, busy or not.
+    max_duration: Option<Duration>,
     max_connect_attempts: u32,
     pub access_logs: Vec<crate::access_log::AccessLog>,
 }
@@ -85,6 +88,7 @@ impl TcpProxy {
             clusters,
             // Envoy closes idle TCP proxy connections after one hour by default.
             idle_timeout: timeout_or(p.idle_timeout.as_ref(), Some(Duration::from_secs(3600))),
+            max_duration: timeout_or(p.max_downstream_connection_duration.as_ref(), None),
             max_connect_attempts: p.max_connect_attempts.map(|v| v.value.max(1)).unwrap_or(1),
         })
     }
@@ -242,8 +246,18 @@ impl TcpProxy {
             .stats
             .upstream_rq_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (received, sent) =
-            copy_with_idle_timeout(&mut downstream, upstream, self.idle_timeout).await;
+        let mut counts = (0u64, 0u64);
+        let copy = copy_counting(&mut downstream, upstream, self.idle_timeout, &mut counts);
+        match self.max_duration {
+            // Dropping the copy closes both sides.
+            Some(max) => {
+                let _ = tokio::time::timeout(max, copy).await;
+            }
+            None => {
+                let _ = copy.await;
+            }
+        }
+        let (received, sent) = counts;
         if let Some(e) = entry {
             e.bytes_received = received;
             e.bytes_sent = sent;
@@ -254,20 +268,7 @@ impl TcpProxy {
 }
 
 /// Bidirectional copy where any byte in either direction resets the idle
-/// timer. Returns the bytes moved downstream → upstream and back.
-async fn copy_with_idle_timeout<IO>(
-    down: &mut IO,
-    up: TcpStream,
-    idle: Option<Duration>,
-) -> (u64, u64)
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut counts = (0u64, 0u64);
-    let _ = copy_counting(down, up, idle, &mut counts).await;
-    counts
-}
-
+/// timer; `counts` gets the bytes moved downstream → upstream and back.
 async fn copy_counting<IO>(
     down: &mut IO,
     up: TcpStream,
