@@ -44,6 +44,9 @@ pub struct State {
     pub clusters: BTreeMap<String, Versioned<ClusterProto>>,
     pub routes: BTreeMap<String, Versioned<RouteConfiguration>>,
     pub endpoints: BTreeMap<String, Versioned<ClusterLoadAssignment>>,
+    /// A digest of each assignment's bytes as received, to skip decoding
+    /// the unchanged ones of the next update.
+    endpoint_digests: HashMap<String, u64>,
     pub secrets: BTreeMap<String, Versioned<Secret>>,
     /// Secrets the agent provides in-process (the workload certificate as
     /// `default`, the trust bundle as `ROOTCA`): never requested over xDS.
@@ -80,6 +83,15 @@ fn versioned<T>(version: &str, resource: T) -> Versioned<T> {
         updated: SystemTime::now(),
         resource,
     }
+}
+
+/// A digest of a resource's encoding, to tell an unchanged one (in this
+/// process only).
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 fn decode_all<M: Message + Default>(
@@ -226,23 +238,49 @@ impl ConfigStore {
                 self.declare_interest(ENDPOINT, eds);
             }
             ENDPOINT => {
-                let protos: BTreeMap<String, ClusterLoadAssignment> =
-                    decode_all("cluster_load_assignment", resources)?;
+                // A push moves a few assignments out of possibly thousands:
+                // decode and check only those whose bytes changed.
+                let mut digests = HashMap::with_capacity(resources.len());
+                let mut fresh = BTreeMap::new();
+                for (name, bytes) in resources {
+                    let d = digest(bytes);
+                    digests.insert(name.clone(), d);
+                    let held = state.endpoints.contains_key(name)
+                        && state.endpoint_digests.get(name) == Some(&d);
+                    if !held {
+                        let cla = ClusterLoadAssignment::decode(bytes.as_slice()).map_err(|e| {
+                            format!("cluster_load_assignment '{name}': cannot decode: {e}")
+                        })?;
+                        fresh.insert(name.clone(), cla);
+                    }
+                }
                 // Validate against the clusters that use them before accepting.
-                for (name, cla) in &protos {
-                    for spec in state
-                        .specs
-                        .values()
-                        .filter(|s| s.eds_name() == Some(name.as_str()))
-                    {
+                let mut users: HashMap<&str, Vec<&ClusterSpec>> = HashMap::new();
+                for spec in state.specs.values() {
+                    if let Some(n) = spec.eds_name() {
+                        users.entry(n).or_default().push(spec);
+                    }
+                }
+                for (name, cla) in &fresh {
+                    for spec in users.get(name.as_str()).into_iter().flatten() {
                         spec.instantiate(Some(cla), None)
                             .map_err(|e| e.to_string())?;
                     }
                 }
-                state.endpoints = protos
-                    .into_iter()
-                    .map(|(n, c)| (n, versioned(version, c)))
-                    .collect();
+                let mut held = std::mem::take(&mut state.endpoints);
+                let mut next = BTreeMap::new();
+                for name in resources.keys() {
+                    let entry = match fresh.remove(name) {
+                        Some(cla) => versioned(version, cla),
+                        None => match held.remove(name) {
+                            Some(v) => v,
+                            None => continue,
+                        },
+                    };
+                    next.insert(name.clone(), entry);
+                }
+                state.endpoints = next;
+                state.endpoint_digests = digests;
             }
             ROUTE => {
                 let protos: BTreeMap<String, RouteConfiguration> =
@@ -473,5 +511,107 @@ fn fingerprint(proto: &Listener, secret_names: &[String], secrets: &crate::tls::
 impl From<ConfigError> for String {
     fn from(e: ConfigError) -> Self {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster;
+    use envoy_types::pb::envoy::config::core::v3::{
+        AggregatedConfigSource, ConfigSource, config_source,
+    };
+
+    fn eds_cluster(name: &str) -> Vec<u8> {
+        ClusterProto {
+            name: name.into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                        AggregatedConfigSource::default(),
+                    )),
+                    ..Default::default()
+                }),
+                service_name: String::new(),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn cla(name: &str, weight_tag: u32) -> Vec<u8> {
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            policy: Some(
+                envoy_types::pb::envoy::config::endpoint::v3::cluster_load_assignment::Policy {
+                    overprovisioning_factor: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                        value: weight_tag,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn versions(store: &ConfigStore) -> BTreeMap<String, String> {
+        let state = store.state.lock().expect("state");
+        state
+            .endpoints
+            .iter()
+            .map(|(n, v)| (n.clone(), v.version.clone()))
+            .collect()
+    }
+
+    /// An EDS update decodes only the assignments whose bytes changed: the
+    /// others keep the version they arrived with; a bad one changes nothing.
+    #[tokio::test]
+    async fn endpoint_updates_keep_unchanged_assignments() {
+        let snapshot = SharedSnapshot::default();
+        let manager = ListenerManager::new(Arc::clone(&snapshot), std::time::Duration::ZERO);
+        let store = ConfigStore::new(snapshot, manager);
+        let clusters = BTreeMap::from([
+            ("a".to_owned(), eds_cluster("a")),
+            ("b".to_owned(), eds_cluster("b")),
+        ]);
+        store.apply(CLUSTER, "c1", &clusters).expect("cds");
+        let v1 = BTreeMap::from([
+            ("a".to_owned(), cla("a", 140)),
+            ("b".to_owned(), cla("b", 140)),
+        ]);
+        store.apply(ENDPOINT, "v1", &v1).expect("eds v1");
+        let v2 = BTreeMap::from([
+            ("a".to_owned(), cla("a", 140)),
+            ("b".to_owned(), cla("b", 150)),
+        ]);
+        store.apply(ENDPOINT, "v2", &v2).expect("eds v2");
+        assert_eq!(
+            versions(&store),
+            BTreeMap::from([("a".into(), "v1".into()), ("b".into(), "v2".into())])
+        );
+        let bad = BTreeMap::from([
+            ("a".to_owned(), cla("a", 140)),
+            ("b".to_owned(), vec![0xff, 0xff]),
+        ]);
+        assert!(store.apply(ENDPOINT, "v3", &bad).is_err());
+        assert_eq!(
+            versions(&store),
+            BTreeMap::from([("a".into(), "v1".into()), ("b".into(), "v2".into())])
+        );
+        // An assignment no longer sent is gone.
+        let only_a = BTreeMap::from([("a".to_owned(), cla("a", 140))]);
+        store.apply(ENDPOINT, "v4", &only_a).expect("eds v4");
+        assert_eq!(
+            versions(&store),
+            BTreeMap::from([("a".into(), "v1".into())])
+        );
     }
 }
