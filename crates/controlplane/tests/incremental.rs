@@ -107,14 +107,23 @@ async fn incremental_pushes_equal_full_generation() {
     );
     write(dir.path(), "dr.yaml", RULE);
     let cp = controlplane::ControlPlane::new(Vec::new(), api::MeshConfig::default());
-    let mut generation = 1;
-    let load = |generation: u64| {
+    let generation = std::cell::Cell::new(0);
+    // Rewrites one file (or none) and hands the directory to the control
+    // plane as the watcher would.
+    let reload = |cp: &controlplane::ControlPlane, file: Option<(&str, &str)>| {
+        if let Some((file, text)) = file {
+            write(dir.path(), file, text);
+        }
         let mut snap = config::load_dir(dir.path());
         assert!(snap.errors.is_empty(), "{:?}", snap.errors);
-        snap.generation = generation;
-        snap
+        generation.set(generation.get() + 1);
+        snap.generation = generation.get();
+        cp.update_config(&snap);
     };
-    cp.update_config(&load(generation));
+    let change = |cp: &controlplane::ControlPlane, file: &str, text: &str| {
+        reload(cp, Some((file, text)));
+    };
+    reload(&cp, None);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -183,13 +192,11 @@ async fn incremental_pushes_equal_full_generation() {
         cp.metrics().proxy_pushes().get(kind).copied().unwrap_or(0)
     };
     let (full, eds) = (pushes(&cp, "full"), pushes(&cp, "endpoints"));
-    write(
-        dir.path(),
+    change(
+        &cp,
         "a.yaml",
         &service_entry("a", "STATIC", &["10.1.0.1", "10.1.0.3"]),
     );
-    generation += 1;
-    cp.update_config(&load(generation));
     check(&cp, "endpoint of a moved");
     assert_eq!(pushes(&cp, "full"), full, "no full push");
     assert_eq!(pushes(&cp, "endpoints"), eds + 3, "incremental pushes");
@@ -207,40 +214,35 @@ async fn incremental_pushes_equal_full_generation() {
 
     // The same configuration again: nothing changes.
     let before: Vec<_> = ids.iter().map(|id| versions(&cp, id)).collect();
-    generation += 1;
-    cp.update_config(&load(generation));
+    reload(&cp, None);
     let after: Vec<_> = ids.iter().map(|id| versions(&cp, id)).collect();
     assert_eq!(before, after);
 
     // An instance of `b` that is the second proxy moves away: its inbound
     // side changes (full push), the other proxy's only EDS.
     let (full, eds) = (pushes(&cp, "full"), pushes(&cp, "endpoints"));
-    write(
-        dir.path(),
+    change(
+        &cp,
         "b.yaml",
         &service_entry("b", "STATIC", &["10.2.0.1", "10.2.0.2"]),
     );
-    generation += 1;
-    cp.update_config(&load(generation));
     check(&cp, "own instance moved");
     assert_eq!(pushes(&cp, "full"), full + 1, "the instance's proxy");
     assert_eq!(pushes(&cp, "endpoints"), eds + 2, "the other proxies");
 
     // A DNS service's endpoints live in its cluster: a full push.
     let before = versions(&cp, &ids[0]);
-    write(
-        dir.path(),
+    change(
+        &cp,
         "c.yaml",
         &service_entry("c", "DNS", &["c2.example.com"]),
     );
-    generation += 1;
-    cp.update_config(&load(generation));
     check(&cp, "DNS endpoint changed");
     assert_ne!(versions(&cp, &ids[0]).get(CLUSTER), before.get(CLUSTER));
 
     // A new service account behind `a` changes its clusters' SANs.
-    write(
-        dir.path(),
+    change(
+        &cp,
         "a.yaml",
         &service_entry("a", "STATIC", &["10.1.0.1", "10.1.0.3"]).replacen(
             "serviceAccount: a\n",
@@ -248,8 +250,6 @@ async fn incremental_pushes_equal_full_generation() {
             1,
         ),
     );
-    generation += 1;
-    cp.update_config(&load(generation));
     check(&cp, "service account changed");
 
     // Every proxy ACKs what it holds.
