@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use api::Object;
 use api::networking::destination_rule::{
     ClientTlsMode, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, H2UpgradePolicy,
-    LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+    LoadBalancerSettings, OutlierDetection, SimpleLb, Subset, TrafficPolicy,
 };
 use api::security::MtlsMode;
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -69,8 +69,8 @@ pub(crate) fn add_outbound(
             if ports.as_ref().is_some_and(|p| !p.contains(&port.number)) {
                 continue;
             }
-            let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
-            let policy = merge_policy(None, top, port.number);
+            let rule = dr.map(|(_, d)| d);
+            let policy = cluster_policy(rule, None, port.number);
             let name = outbound_name(port.number, "", &svc.hostname);
             add_cluster(
                 ClusterScope {
@@ -88,7 +88,7 @@ pub(crate) fn add_outbound(
             );
             if let Some((_, rule)) = dr {
                 for subset in &rule.subsets {
-                    let merged = merge_policy(top, subset.traffic_policy.as_ref(), port.number);
+                    let merged = cluster_policy(Some(rule), Some(subset), port.number);
                     let name = outbound_name(port.number, &subset.name, &svc.hostname);
                     add_cluster(
                         ClusterScope {
@@ -108,6 +108,28 @@ pub(crate) fn add_outbound(
             }
         }
     }
+}
+
+/// The policy of an outbound cluster on `port`: the rule's top-level
+/// policy for the default cluster, merged with the subset's for a subset
+/// cluster.
+pub(crate) fn cluster_policy(
+    rule: Option<&DestinationRule>,
+    subset: Option<&Subset>,
+    port: u32,
+) -> Option<TrafficPolicy> {
+    let top = rule.and_then(|d| d.traffic_policy.as_ref());
+    match subset {
+        None => merge_policy(None, top, port),
+        Some(s) => merge_policy(top, s.traffic_policy.as_ref(), port),
+    }
+}
+
+/// The TLS mode a cluster's policy sets, which decides its endpoints'
+/// `tlsMode` metadata (Istio's mtls checker); `None` leaves it to their
+/// sidecar and PeerAuthentication.
+pub(crate) fn endpoint_tls_mode(policy: Option<&TrafficPolicy>) -> Option<ClientTlsMode> {
+    policy.and_then(|p| p.tls.as_ref()).map(|t| t.mode())
 }
 
 /// The effective policy for a port: `base` (with its own port-level
@@ -195,7 +217,7 @@ fn add_cluster(
     // The endpoints' `tlsMode` metadata follows the rule's TLS mode when
     // it sets one (Istio's mtls checker), else their sidecar and
     // PeerAuthentication.
-    let dr_tls_mode = policy.and_then(|p| p.tls.as_ref()).map(|t| t.mode());
+    let dr_tls_mode = endpoint_tls_mode(policy);
     let mut c = Cluster {
         name: name.to_owned(),
         connect_timeout: Some(pb::duration(ctx.mesh().connect_timeout())),

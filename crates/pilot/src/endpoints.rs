@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use registry::Endpoint;
 
-use crate::cluster::{load_assignment, merge_policy};
+use crate::cluster::{cluster_policy, endpoint_tls_mode, load_assignment};
 use crate::context::PushContext;
 use crate::node::ProxyNode;
 
@@ -65,25 +65,20 @@ impl<'a> EndpointBuilder<'a> {
         if let Some(done) = self.built.get(&key) {
             return done.clone();
         }
-        // The same policy merge as `cluster::add_outbound`.
-        let top = dr.and_then(|(_, d)| d.traffic_policy.as_ref());
-        let none = BTreeMap::new();
-        let (policy, labels) = if subset.is_empty() {
-            (merge_policy(None, top, port), &none)
+        let rule = dr.map(|(_, d)| d);
+        let subset = if subset.is_empty() {
+            None
         } else {
-            let Some(s) = dr.and_then(|(_, d)| d.subsets.iter().find(|s| s.name == subset)) else {
+            let Some(s) = rule.and_then(|d| d.subsets.iter().find(|s| s.name == subset)) else {
                 self.built.insert(key, None);
                 return None;
             };
-            (
-                merge_policy(top, s.traffic_policy.as_ref(), port),
-                &s.labels,
-            )
+            Some(s)
         };
-        let tls_mode = policy
-            .as_ref()
-            .and_then(|p| p.tls.as_ref())
-            .map(|t| t.mode());
+        let none = BTreeMap::new();
+        let labels = subset.map_or(&none, |s| &s.labels);
+        let policy = cluster_policy(rule, subset, port);
+        let tls_mode = endpoint_tls_mode(policy.as_ref());
         let cla = load_assignment(ctx, svc, sp, cluster_name, labels, tls_mode);
         let any = Some(xds::type_url::pack(&cla));
         self.built.insert(key, any.clone());
