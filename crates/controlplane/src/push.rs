@@ -27,6 +27,14 @@ struct Translated {
     diagnostics: Vec<String>,
 }
 
+/// A connected proxy as a push needs it: its node, what the translator
+/// reads of it, and its generation key under the push's context.
+struct Proxy<'n> {
+    node: &'n Node,
+    proxy: pilot::ProxyNode,
+    key: pilot::GenerationKey,
+}
+
 /// Translations made from one push context, by generation key.
 #[derive(Default)]
 struct Translations {
@@ -217,40 +225,56 @@ impl ControlPlane {
     /// Full pushes to `nodes`, generated on every core: each proxy's
     /// translation is independent, and a large mesh has many.
     fn push_all(&self, nodes: &[Node]) {
+        let Some(ctx) = self.context.load_full() else {
+            return;
+        };
+        let proxies: Vec<Proxy<'_>> = nodes
+            .iter()
+            .filter_map(|n| self.identify(n, &ctx))
+            .collect();
         // One proxy per generation key first, in parallel; the others then
         // find their translation made.
         let mut keys = std::collections::HashSet::new();
-        let (firsts, rest): (Vec<&Node>, Vec<&Node>) = match self.context.load_full() {
-            Some(ctx) => nodes.iter().partition(|n| {
-                pilot::ProxyNode::from_node(n)
-                    .is_ok_and(|p| keys.insert(pilot::generation_key(&p, &ctx)))
-            }),
-            None => (nodes.iter().collect(), Vec::new()),
-        };
-        self.push_parallel(&firsts);
-        rest.into_iter().for_each(|n| self.push_node(n));
+        let (firsts, rest): (Vec<&Proxy<'_>>, Vec<&Proxy<'_>>) =
+            proxies.iter().partition(|p| keys.insert(&p.key));
+        self.push_parallel(&firsts, &ctx);
+        rest.into_iter().for_each(|p| self.push_proxy(p, &ctx));
     }
 
-    fn push_parallel(&self, nodes: &[&Node]) {
+    fn push_parallel(&self, proxies: &[&Proxy<'_>], ctx: &Arc<pilot::PushContext>) {
         let workers = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
-            .min(nodes.len());
+            .min(proxies.len());
         if workers <= 1 {
-            nodes.iter().for_each(|n| self.push_node(n));
+            proxies.iter().for_each(|p| self.push_proxy(p, ctx));
             return;
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {
-                    while let Some(node) =
-                        nodes.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    while let Some(p) =
+                        proxies.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        self.push_node(node);
+                        self.push_proxy(p, ctx);
                     }
                 });
             }
         });
+    }
+
+    /// Reads who `node` is and its generation key under `ctx`.
+    fn identify<'n>(&self, node: &'n Node, ctx: &pilot::PushContext) -> Option<Proxy<'n>> {
+        match pilot::ProxyNode::from_node(node) {
+            Ok(proxy) => {
+                let key = pilot::generation_key(&proxy, ctx);
+                Some(Proxy { node, proxy, key })
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "cannot identify proxy");
+                None
+            }
+        }
     }
 
     /// The incremental EDS push of one proxy: its last snapshot with the
@@ -379,15 +403,15 @@ impl ControlPlane {
             // No configuration yet: the proxy gets its snapshot on the first push.
             return;
         };
-        let proxy = match pilot::ProxyNode::from_node(node) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(node = %node.id, error = %e, "cannot identify proxy");
-                return;
-            }
-        };
+        if let Some(p) = self.identify(node, &ctx) {
+            self.push_proxy(&p, &ctx);
+        }
+    }
+
+    fn push_proxy(&self, p: &Proxy<'_>, ctx: &Arc<pilot::PushContext>) {
+        let node = p.node;
         let started = std::time::Instant::now();
-        let translated = match self.translate(&proxy, &ctx) {
+        let translated = match self.translate(p, ctx) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(node = %node.id, error = %e, "cannot generate configuration");
@@ -424,16 +448,16 @@ impl ControlPlane {
     /// and context, then shared by every proxy with that key.
     fn translate(
         &self,
-        proxy: &pilot::ProxyNode,
+        p: &Proxy<'_>,
         ctx: &Arc<pilot::PushContext>,
     ) -> Result<Arc<Translated>, pilot::GenerateError> {
-        let key = pilot::generation_key(proxy, ctx);
+        let key = &p.key;
         let lookup = |t: &mut Translations| {
             if !std::ptr::eq(t.context.as_ptr(), Arc::as_ptr(ctx)) {
                 t.context = Arc::downgrade(ctx);
                 t.by_key.clear();
             }
-            t.by_key.get(&key).cloned()
+            t.by_key.get(key).cloned()
         };
         if let Some(done) = self
             .translations
@@ -443,7 +467,7 @@ impl ControlPlane {
         {
             return Ok(done);
         }
-        let generated = pilot::generate(proxy, ctx)?;
+        let generated = pilot::generate(&p.proxy, ctx)?;
         let translated = Arc::new(Translated {
             snapshot: self.share_sets(pilot::to_snapshot(&generated)),
             diagnostics: generated
@@ -455,7 +479,7 @@ impl ControlPlane {
         if let Ok(mut t) = self.translations.lock()
             && lookup(&mut t).is_none()
         {
-            t.by_key.insert(key, Arc::clone(&translated));
+            t.by_key.insert(key.clone(), Arc::clone(&translated));
         }
         Ok(translated)
     }
