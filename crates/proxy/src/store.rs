@@ -256,9 +256,11 @@ impl ConfigStore {
                 }
                 // Validate against the clusters that use them before accepting.
                 let mut users: HashMap<&str, Vec<&ClusterSpec>> = HashMap::new();
-                for spec in state.specs.values() {
-                    if let Some(n) = spec.eds_name() {
-                        users.entry(n).or_default().push(spec);
+                if !fresh.is_empty() {
+                    for spec in state.specs.values() {
+                        if let Some(n) = spec.eds_name() {
+                            users.entry(n).or_default().push(spec);
+                        }
                     }
                 }
                 for (name, cla) in &fresh {
