@@ -87,6 +87,19 @@ fn versions(cp: &controlplane::ControlPlane, id: &str) -> BTreeMap<String, Strin
         .unwrap_or_default()
 }
 
+/// Waits (20 s at most) until every proxy of `ids` has ACKed what it holds.
+async fn wait_synced(cp: &controlplane::ControlPlane, ids: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cp.all_synced(ids) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            cp.unsynced_report(ids)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_pushes_equal_full_generation() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -163,16 +176,7 @@ async fn incremental_pushes_equal_full_generation() {
         handles.push((handle, task));
     }
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
-    let synced = |cp: &controlplane::ControlPlane| cp.all_synced(&ids);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !synced(&cp) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            cp.unsynced_report(&ids)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_synced(&cp, &ids).await;
     let check = |cp: &controlplane::ControlPlane, what: &str| {
         for node in &nodes {
             let held = cp.cache().snapshot_for(&node.id).expect("snapshot");
@@ -253,15 +257,7 @@ async fn incremental_pushes_equal_full_generation() {
     check(&cp, "service account changed");
 
     // Every proxy ACKs what it holds.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !synced(&cp) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            cp.unsynced_report(&ids)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_synced(&cp, &ids).await;
     for (handle, task) in handles {
         handle.shutdown();
         let _ = task.await;
